@@ -1,0 +1,363 @@
+"""Typed configuration: dataclasses are the schema and the defaults, YAML files only override.
+
+``load_config("coco_r101.yaml", ["solver.base_lr=0.01"])`` finds the file (a path, or a name
+under ``configs/``), follows ``_base_`` inheritance, merges through OmegaConf's structured
+configs (so an unknown key or a wrong type fails with the full key path), applies
+``key=value`` overrides and returns a :class:`Config` dataclass.
+
+Defaults follow the published references (Detectron2's C4 settings, torchvision's Faster
+R-CNN, the paper's ImageNet recipe) so experiment files stay short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class BackboneCfg:
+    name: str = "resnet50"  # a name in detres.modeling.backbones.BACKBONES
+    # Variant switches; None keeps the registry entry's own default.
+    stride_in_1x1: bool | None = None  # True: paper (MSRA) ResNet; False: torchvision v1.5
+    shortcut: str | None = None  # "A" zero-pad identity | "B" projection on change | "C" all
+    zero_init_residual: bool = False
+    width_per_group: int = 64  # base width (64 in the paper); tiny tests shrink it
+    # Weights: "" (random init), a torchvision weight file, or a pretrain_cls.py checkpoint.
+    weights: str = ""
+    norm: str = "BN"  # "BN" | "FrozenBN" (detection fine-tuning of a pretrained trunk)
+    freeze_at: int = 0  # 0: nothing frozen; 1: stem; 2: stem + res2; ... (detection uses 2)
+
+
+@dataclass
+class AnchorCfg:
+    sizes: list[list[int]] = field(default_factory=lambda: [[32, 64, 128, 256, 512]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+@dataclass
+class RPNCfg:
+    pre_nms_topk_train: int = 12000
+    post_nms_topk_train: int = 2000
+    pre_nms_topk_test: int = 6000
+    post_nms_topk_test: int = 1000
+    nms_thresh: float = 0.7
+    min_box_size: float = 0.0
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    bbox_reg_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    smooth_l1_beta: float = 0.0  # 0 -> L1 (Detectron2); 1/9 in torchvision's RPN
+    loss_weight: float = 1.0
+
+
+@dataclass
+class ROIHeadsCfg:
+    pooler: str = "ROIAlign"  # "ROIAlign" | "ROIPool" (the paper)
+    pooler_resolution: int = 14  # 14 for C4 (res5 halves it to 7), 7 for VGG and FPN
+    sampling_ratio: int = 0
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5  # RoIs with IoU in [bg_iou_thresh_lo, bg_iou_thresh) are bg
+    bg_iou_thresh_lo: float = 0.0
+    bbox_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    smooth_l1_beta: float = 0.0
+    fc_dim: int = 1024  # FPN box head
+    score_thresh_test: float = 0.05
+    nms_thresh_test: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclass
+class FPNCfg:
+    out_channels: int = 256
+    in_features: list[str] = field(default_factory=lambda: ["res2", "res3", "res4", "res5"])
+
+
+@dataclass
+class InputCfg:
+    # Shorter side at train time: one value, or several for multi-scale training.
+    min_size_train: list[int] = field(default_factory=lambda: [800])
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    # RGB, [0, 1] scale (torchvision's convention).
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    size_divisibility: int = 32
+    hflip_prob: float = 0.5
+
+
+@dataclass
+class ModelCfg:
+    # "classifier" (pretraining) or a detector: "faster_rcnn_c4" | "faster_rcnn_vgg" |
+    # "faster_rcnn_fpn".
+    arch: str = "classifier"
+    backbone: BackboneCfg = field(default_factory=BackboneCfg)
+    num_classes: int = 1000  # classifier: classes; detector: foreground classes (K)
+    anchors: AnchorCfg = field(default_factory=AnchorCfg)
+    rpn: RPNCfg = field(default_factory=RPNCfg)
+    roi_heads: ROIHeadsCfg = field(default_factory=ROIHeadsCfg)
+    fpn: FPNCfg = field(default_factory=FPNCfg)
+    input: InputCfg = field(default_factory=InputCfg)
+    weights: str = ""  # whole-model checkpoint to start from (detres format)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+@dataclass
+class DatasetCfg:
+    """A data set: a catalog name, or a custom COCO/VOC/ImageFolder/CIFAR set by path."""
+
+    name: str = ""  # catalog name, e.g. "coco_2017_val"; or a label for a custom set
+    format: str = ""  # "" (catalog) | coco | voc | imagefolder | cifar10 | cifar100 | synthetic
+    path: str = ""  # COCO json / VOC year dir / ImageFolder split dir / CIFAR dir
+    images: str = ""  # COCO image dir
+    split: str = ""  # VOC image set (trainval, test), CIFAR train/test
+
+
+@dataclass
+class ClsAugCfg:
+    # "imagenet": scale aug (shorter side in [scale_min, scale_max]) + crop + flip;
+    # "cifar": pad + crop + flip; "none": resize/center-crop only.
+    kind: str = "imagenet"
+    crop_size: int = 224
+    scale_min: int = 256
+    scale_max: int = 480
+    test_resize: int = 256  # shorter side before the center crop at test time
+    pad: int = 4  # CIFAR
+    hflip: bool = True
+
+
+@dataclass
+class DataCfg:
+    root: str = ""  # data root; "" -> $DETRES_DATA or <repo>/data
+    train: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg(name="synthetic_cls_train")])
+    test: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg(name="synthetic_cls_val")])
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+    filter_empty: bool = True  # detection: drop training images without objects
+    use_difficult: bool = False  # VOC: keep difficult objects for training
+    cls_aug: ClsAugCfg = field(default_factory=ClsAugCfg)
+
+
+# ---------------------------------------------------------------------------- solver
+
+
+@dataclass
+class SolverCfg:
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    base_lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0  # weight decay on norm layers' parameters
+    batch_size: int = 256  # images per iteration over all processes
+    # Linear scaling rule: lr = base_lr * batch_size / reference_batch_size (0: no scaling).
+    reference_batch_size: int = 0
+    max_iter: int = 600_000
+    schedule: str = "multistep"  # "multistep" | "plateau" | "cosine"
+    steps: list[int] = field(default_factory=list)  # multistep: iterations of lr *= gamma
+    gamma: float = 0.1
+    plateau_patience: int = 3  # plateau: evaluations without improvement before decay
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
+    warmup_method: str = "linear"  # "linear" | "constant" (the paper's 0.01 for resnet110)
+    clip_grad_norm: float = 0.0  # 0: off
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@dataclass
+class TrainCfg:
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 uses a GradScaler)
+    seed: int = 0
+    log_period: int = 20
+    eval_period: int = 0  # iterations between evaluations; 0: only at the end
+    checkpoint_period: int = 0  # iterations between checkpoints; 0: only at the end
+    channels_last: bool = False
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    task: str = "cls"  # "cls" | "det"
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    solver: SolverCfg = field(default_factory=SolverCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    # Figures the config reproduces, as published (printed beside ours by tools/eval.py).
+    published: dict[str, float] = field(default_factory=dict)
+    published_source: str = ""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_config(name_or_path: str | os.PathLike[str]) -> Path:
+    """A path as given, else a file under ``configs/`` (with or without ``.yaml``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if cand.is_file():
+            return cand
+    hits = sorted(CONFIG_DIR.rglob(p.name if p.suffix else f"{p.name}.yaml"))
+    if len(hits) == 1:
+        return hits[0]
+    known = ", ".join(sorted(x.name for x in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"config {str(name_or_path)!r} not found as a path or in {CONFIG_DIR}; known: {known}")
+
+
+def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping with its ``_base_`` files merged underneath (later wins)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: _base_ cycle through {[str(p) for p in _seen]}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict[str, Any] = {}
+    for b in bases:
+        bp = (path.parent / b) if not Path(b).is_absolute() else Path(b)
+        if not bp.is_file():
+            raise ConfigError(f"{path}: _base_ {b!r} not found (looked at {bp})")
+        merged = _deep_merge(merged, _read_yaml(bp, _seen + (path,)))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = getattr(e, "msg", None) or str(e).splitlines()[0]
+    return f"key {key!r}: {msg}" if key else msg
+
+
+def load_config(
+    name_or_path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Schema defaults <- YAML (with ``_base_``) <- ``key=value`` overrides, validated."""
+    schema = OmegaConf.structured(Config)
+    src = "defaults"
+    try:
+        if name_or_path is not None:
+            path = find_config(name_or_path)
+            src = str(path)
+            schema = OmegaConf.merge(schema, OmegaConf.create(_read_yaml(path)))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+            src = f"override {overrides}"
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(schema)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{src}: {_describe(e)}") from None
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "task": ("cls", "det"),
+    "model.arch": ("classifier", "faster_rcnn_c4", "faster_rcnn_vgg", "faster_rcnn_fpn"),
+    "model.backbone.norm": ("BN", "FrozenBN"),
+    "model.roi_heads.pooler": ("ROIAlign", "ROIPool"),
+    "solver.optimizer": ("sgd", "adamw"),
+    "solver.schedule": ("multistep", "plateau", "cosine"),
+    "solver.warmup_method": ("linear", "constant"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "data.cls_aug.kind": ("imagenet", "cifar", "none"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express; errors name the key."""
+    for key, choices in _CHOICES.items():
+        v: Any = cfg
+        for part in key.split("."):
+            v = getattr(v, part)
+        if v not in choices:
+            raise ConfigError(f"key {key!r}: {v!r} is not one of {list(choices)}")
+    sc = cfg.model.backbone.shortcut
+    if sc is not None and sc not in ("A", "B", "C"):
+        raise ConfigError(f"key 'model.backbone.shortcut': {sc!r} is not one of A, B, C")
+    if cfg.solver.batch_size <= 0:
+        raise ConfigError("key 'solver.batch_size': must be positive")
+    if cfg.solver.steps != sorted(cfg.solver.steps):
+        raise ConfigError(f"key 'solver.steps': must be increasing, got {cfg.solver.steps}")
+    if cfg.task == "det" and cfg.model.arch == "classifier":
+        raise ConfigError("key 'model.arch': task 'det' needs a faster_rcnn_* arch")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain types only, for checkpoints and the output directory."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Inverse of :func:`to_dict`, validated against the schema."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"stored config: {_describe(e)}") from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, out_dir: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as ``config.yaml`` in the output directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_yaml(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+def data_root(cfg: Config | None = None) -> Path:
+    """``data.root``, else ``$DETRES_DATA``, else ``<repo>/data``."""
+    if cfg is not None and cfg.data.root:
+        return Path(cfg.data.root)
+    return Path(os.environ.get("DETRES_DATA", REPO_ROOT / "data"))

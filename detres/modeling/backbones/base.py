@@ -1,0 +1,75 @@
+"""The backbone contract shared by the classifier and the detector.
+
+A backbone is an ``nn.Module`` whose parameter names follow torchvision (so torchvision
+weight files load with ``strict=True``) and which can return named intermediate stages:
+
+* ``forward(x)`` is the classification forward: logits ``(N, num_classes)``, or pooled
+  features when built without a head (``num_classes=0``).
+* ``forward_features(x, out_features)`` returns ``{stage_name: Tensor}`` for the requested
+  stages only, stopping after the last one requested (stage names: ``stem``, ``res2`` ..
+  ``res5`` for ResNets; ``conv5_3`` for VGG-16).
+* ``output_shape()`` maps every stage name to its :class:`ShapeSpec` (channels, stride).
+* ``freeze(freeze_at)`` stops gradients for the stem (1) and the first stages (2 = stem +
+  res2, ...), as when fine-tuning a pretrained trunk for detection.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    channels: int
+    stride: int
+
+
+class Backbone(nn.Module, ABC):
+    #: Stage names in forward order, e.g. ["stem", "res2", "res3", "res4", "res5"].
+    stage_names: list[str]
+
+    @abstractmethod
+    def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
+        """The requested stages, computing nothing past the last one."""
+
+    @abstractmethod
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        """Channels and stride of every stage, in forward order."""
+
+    @abstractmethod
+    def stage_modules(self) -> dict[str, nn.Module]:
+        """Stage name -> the module(s) computing it, in forward order (used by freeze)."""
+
+    def freeze(self, freeze_at: int) -> None:
+        """Freeze the first ``freeze_at`` stages (1: stem; 2: stem + res2; ...)."""
+        for i, mod in enumerate(self.stage_modules().values()):
+            if i >= freeze_at:
+                break
+            for p in mod.parameters():
+                p.requires_grad_(False)
+            convert_frozen_batchnorm(mod)
+
+
+def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` under ``module`` (in place) by ``FrozenBatchNorm2d``
+    carrying the same statistics and affine parameters. Returns the (possibly new) module."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        with torch.no_grad():
+            if module.affine:
+                frozen.weight.copy_(module.weight)
+                frozen.bias.copy_(module.bias)
+            if module.running_mean is not None:
+                frozen.running_mean.copy_(module.running_mean)
+                frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        new = convert_frozen_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
