@@ -264,7 +264,7 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None)
-    msg = getattr(e, "msg", None) or str(e).splitlines()[0]
+    msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
     return f"key {key!r}: {msg}" if key else msg
 
 
