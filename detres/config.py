@@ -152,7 +152,9 @@ class ClsAugCfg:
 @dataclass
 class DataCfg:
     root: str = ""  # data root; "" -> $DETRES_DATA or <repo>/data
-    train: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg(name="synthetic_cls_train")])
+    train: list[DatasetCfg] = field(
+        default_factory=lambda: [DatasetCfg(name="synthetic_cls_train")]
+    )
     test: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg(name="synthetic_cls_val")])
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
@@ -228,7 +230,9 @@ def find_config(name_or_path: str | os.PathLike[str]) -> Path:
     if len(hits) == 1:
         return hits[0]
     known = ", ".join(sorted(x.name for x in CONFIG_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"config {str(name_or_path)!r} not found as a path or in {CONFIG_DIR}; known: {known}")
+    raise FileNotFoundError(
+        f"config {str(name_or_path)!r} not found as a path or in {CONFIG_DIR}; known: {known}"
+    )
 
 
 def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -258,7 +262,9 @@ def _read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 

@@ -17,7 +17,7 @@ class Registry:
         self._builders: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
-        """Decorator: ``@REG.register()`` uses the function's name, ``@REG.register("x")`` sets it."""
+        """Decorator: ``@REG.register()`` uses the function name; ``register("x")`` sets it."""
 
         def deco(fn: F) -> F:
             self.add(name or fn.__name__, fn)

@@ -23,14 +23,30 @@ GENERATORS = Registry("dataset generator")
 # name -> fields of DatasetCfg (+ optional "generator"); paths relative to the data root.
 CATALOG: dict[str, dict[str, Any]] = {
     # --- classification ---------------------------------------------------------------
-    "synthetic_cls_train": {"format": "synthetic_cls", "path": "synthetic_cls", "split": "train",
-                            "generator": "synthetic_cls"},
-    "synthetic_cls_val": {"format": "synthetic_cls", "path": "synthetic_cls", "split": "val",
-                          "generator": "synthetic_cls"},
-    "synthetic_cls_hard_train": {"format": "synthetic_cls", "path": "synthetic_cls_hard",
-                                 "split": "train", "generator": "synthetic_cls_hard"},
-    "synthetic_cls_hard_val": {"format": "synthetic_cls", "path": "synthetic_cls_hard",
-                               "split": "val", "generator": "synthetic_cls_hard"},
+    "synthetic_cls_train": {
+        "format": "synthetic_cls",
+        "path": "synthetic_cls",
+        "split": "train",
+        "generator": "synthetic_cls",
+    },
+    "synthetic_cls_val": {
+        "format": "synthetic_cls",
+        "path": "synthetic_cls",
+        "split": "val",
+        "generator": "synthetic_cls",
+    },
+    "synthetic_cls_hard_train": {
+        "format": "synthetic_cls",
+        "path": "synthetic_cls_hard",
+        "split": "train",
+        "generator": "synthetic_cls_hard",
+    },
+    "synthetic_cls_hard_val": {
+        "format": "synthetic_cls",
+        "path": "synthetic_cls_hard",
+        "split": "val",
+        "generator": "synthetic_cls_hard",
+    },
     "imagenet_train": {"format": "imagefolder", "path": "imagenet/train"},
     "imagenet_val": {"format": "imagefolder", "path": "imagenet/val"},
     "cifar10_train": {"format": "cifar10", "path": "cifar-10-batches-py", "split": "train"},
@@ -38,14 +54,26 @@ CATALOG: dict[str, dict[str, Any]] = {
     "cifar100_train": {"format": "cifar100", "path": "cifar-100-python", "split": "train"},
     "cifar100_test": {"format": "cifar100", "path": "cifar-100-python", "split": "test"},
     # --- detection --------------------------------------------------------------------
-    "coco_2017_train": {"format": "coco", "path": "coco/annotations/instances_train2017.json",
-                        "images": "coco/train2017"},
-    "coco_2017_val": {"format": "coco", "path": "coco/annotations/instances_val2017.json",
-                      "images": "coco/val2017"},
-    "coco_2014_train": {"format": "coco", "path": "coco/annotations/instances_train2014.json",
-                        "images": "coco/train2014"},
-    "coco_2014_val": {"format": "coco", "path": "coco/annotations/instances_val2014.json",
-                      "images": "coco/val2014"},
+    "coco_2017_train": {
+        "format": "coco",
+        "path": "coco/annotations/instances_train2017.json",
+        "images": "coco/train2017",
+    },
+    "coco_2017_val": {
+        "format": "coco",
+        "path": "coco/annotations/instances_val2017.json",
+        "images": "coco/val2017",
+    },
+    "coco_2014_train": {
+        "format": "coco",
+        "path": "coco/annotations/instances_train2014.json",
+        "images": "coco/train2014",
+    },
+    "coco_2014_val": {
+        "format": "coco",
+        "path": "coco/annotations/instances_val2014.json",
+        "images": "coco/val2014",
+    },
     "voc_2007_trainval": {"format": "voc", "path": "VOCdevkit/VOC2007", "split": "trainval"},
     "voc_2007_train": {"format": "voc", "path": "VOCdevkit/VOC2007", "split": "train"},
     "voc_2007_val": {"format": "voc", "path": "VOCdevkit/VOC2007", "split": "val"},
@@ -54,14 +82,30 @@ CATALOG: dict[str, dict[str, Any]] = {
     "voc_2012_train": {"format": "voc", "path": "VOCdevkit/VOC2012", "split": "train"},
     "voc_2012_val": {"format": "voc", "path": "VOCdevkit/VOC2012", "split": "val"},
     # The embedded detection demo set, written in both layouts on first use.
-    "demo_coco_train": {"format": "coco", "path": "demo_det/annotations/instances_train.json",
-                        "images": "demo_det/images", "generator": "demo_det"},
-    "demo_coco_val": {"format": "coco", "path": "demo_det/annotations/instances_val.json",
-                      "images": "demo_det/images", "generator": "demo_det"},
-    "demo_voc_train": {"format": "voc", "path": "demo_det/VOCdevkit/VOCdemo", "split": "train",
-                       "generator": "demo_det"},
-    "demo_voc_val": {"format": "voc", "path": "demo_det/VOCdevkit/VOCdemo", "split": "val",
-                     "generator": "demo_det"},
+    "demo_coco_train": {
+        "format": "coco",
+        "path": "demo_det/annotations/instances_train.json",
+        "images": "demo_det/images",
+        "generator": "demo_det",
+    },
+    "demo_coco_val": {
+        "format": "coco",
+        "path": "demo_det/annotations/instances_val.json",
+        "images": "demo_det/images",
+        "generator": "demo_det",
+    },
+    "demo_voc_train": {
+        "format": "voc",
+        "path": "demo_det/VOCdevkit/VOCdemo",
+        "split": "train",
+        "generator": "demo_det",
+    },
+    "demo_voc_val": {
+        "format": "voc",
+        "path": "demo_det/VOCdevkit/VOCdemo",
+        "split": "val",
+        "generator": "demo_det",
+    },
 }
 
 
@@ -73,8 +117,10 @@ def resolve(ds: DatasetCfg, root: Path) -> tuple[str, Path, Path | None, str, st
             raise ValueError(f"dataset {ds.name or '<unnamed>'!r}: format {fmt!r} needs 'path'")
     else:
         if ds.name not in CATALOG:
-            raise KeyError(f"unknown dataset {ds.name!r}; catalog names: {', '.join(sorted(CATALOG))}"
-                           " (or give format/path for a custom set)")
+            raise KeyError(
+                f"unknown dataset {ds.name!r}; catalog names: {', '.join(sorted(CATALOG))}"
+                " (or give format/path for a custom set)"
+            )
         e = CATALOG[ds.name]
         fmt, path, images, split = e["format"], e["path"], e.get("images", ""), e.get("split", "")
         gen = e.get("generator")

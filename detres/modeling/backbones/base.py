@@ -32,6 +32,8 @@ class ShapeSpec:
 class Backbone(nn.Module, ABC):
     #: Stage names in forward order, e.g. ["stem", "res2", "res3", "res4", "res5"].
     stage_names: list[str]
+    #: The classification layer's name; weight loading drops it when the classes differ.
+    head_name: str = "fc"
 
     @abstractmethod
     def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
@@ -46,13 +48,51 @@ class Backbone(nn.Module, ABC):
         """Stage name -> the module(s) computing it, in forward order (used by freeze)."""
 
     def freeze(self, freeze_at: int) -> None:
-        """Freeze the first ``freeze_at`` stages (1: stem; 2: stem + res2; ...)."""
-        for i, mod in enumerate(self.stage_modules().values()):
-            if i >= freeze_at:
-                break
+        """Freeze the first ``freeze_at`` stages (1: stem; 2: stem + res2; ...).
+
+        Their parameters stop receiving gradients and their ``BatchNorm2d`` layers become
+        ``FrozenBatchNorm2d``. The replacement is made where each layer lives in ``self``, so
+        a stage may be a view (e.g. ``nn.Sequential(conv1, bn1, relu, maxpool)``) built on the
+        fly by :meth:`stage_modules`."""
+        stages = self.stage_modules()
+        if not 0 <= freeze_at <= len(stages):
+            raise ValueError(
+                f"freeze_at={freeze_at} must be in [0, {len(stages)}] ({list(stages)})"
+            )
+        to_freeze: set[int] = set()
+        for mod in list(stages.values())[:freeze_at]:
             for p in mod.parameters():
                 p.requires_grad_(False)
-            convert_frozen_batchnorm(mod)
+            to_freeze.update(id(m) for m in mod.modules() if isinstance(m, nn.BatchNorm2d))
+        _convert_selected_batchnorm(self, to_freeze)
+
+
+def run_stages(
+    stages: dict[str, nn.Module], x: Tensor, out_features: list[str]
+) -> dict[str, Tensor]:
+    """Run ``stages`` in order, keeping the outputs named in ``out_features`` and computing
+    nothing past the last one requested. Unknown names raise, listing the known ones."""
+    unknown = [n for n in out_features if n not in stages]
+    if unknown or not out_features:
+        raise KeyError(f"out_features {out_features} must be a non-empty subset of {list(stages)}")
+    wanted = set(out_features)
+    out: dict[str, Tensor] = {}
+    for name, mod in stages.items():
+        x = mod(x)
+        if name in wanted:
+            out[name] = x
+            if len(out) == len(wanted):
+                break
+    return out
+
+
+def _convert_selected_batchnorm(module: nn.Module, ids: set[int]) -> None:
+    """Replace, in place, the ``BatchNorm2d`` layers under ``module`` whose ``id`` is in ``ids``."""
+    for name, child in module.named_children():
+        if id(child) in ids:
+            setattr(module, name, convert_frozen_batchnorm(child))
+        else:
+            _convert_selected_batchnorm(child, ids)
 
 
 def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:

@@ -1,0 +1,163 @@
+"""CIFAR-10 and CIFAR-100 in their published python-pickle format.
+
+``cifar-10-batches-py/``: ``data_batch_1..5`` (train), ``test_batch``, ``batches.meta``;
+``cifar-100-python/``: ``train``, ``test``, ``meta`` (the 100 fine labels are used). Each
+batch is a dict with ``b"data"``: uint8 ``[N, 3072]`` (1024 R, then G, then B values of a
+32x32 image, row-major) and ``b"labels"`` / ``b"fine_labels"``.
+
+Pickle can run arbitrary code while loading, so only trusted dataset files should be read.
+As a second line of defence, files are read with :class:`RestrictedUnpickler`, which
+resolves only the few numpy / builtin names that the published files (and numpy-array
+pickles in general) need, and refuses every other global with an error naming the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# (module, name) pairs a pickle of dicts, lists, str/bytes and numpy arrays may reference.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),  # the published files (numpy 1.x, protocol 2)
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5 pickles of numpy arrays
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"),  # bytes in protocol <= 2 pickles written by Python 3
+    ("builtins", "object"),
+}
+_ALLOWED_DTYPE_MODULES = ("numpy", "numpy.dtypes")  # numpy >= 1.25 pickles dtype classes
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only resolves the numpy / builtin names needed for numpy arrays."""
+
+    def __init__(self, file: io.BufferedIOBase, *, source: str = "<pickle>") -> None:
+        super().__init__(file, encoding="bytes")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module, name) in _ALLOWED_GLOBALS or (
+            module in _ALLOWED_DTYPE_MODULES and name.endswith("DType")
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(
+                f"{self.source}: refusing to load global {module}.{name} (only numpy arrays "
+                "and plain containers are allowed in dataset pickles)"
+            )
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 renamed the package
+        return getattr(importlib.import_module(module), name)
+
+
+def load_pickle(path: Path) -> dict[bytes, Any]:
+    """A published CIFAR pickle (a dict with bytes keys); errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            obj = RestrictedUnpickler(f, source=str(path)).load()  # type: ignore[arg-type]
+    except pickle.UnpicklingError:
+        raise
+    except Exception as e:  # truncated / not a pickle
+        raise OSError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _get(d: dict[bytes, Any], key: bytes, path: Path) -> Any:
+    if key in d:
+        return d[key]
+    skey = key.decode()
+    if skey in d:  # tolerate str keys (files re-pickled under Python 3)
+        return d[skey]  # type: ignore[index]
+    raise KeyError(f"{path}: missing key {key!r}; has {sorted(map(repr, d))}")
+
+
+def _names(values: list[Any]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+class CifarSource:
+    """One split of CIFAR-10/100 held in memory as ``[N, 32, 32, 3]`` uint8 RGB."""
+
+    FILES = {
+        ("cifar10", "train"): [f"data_batch_{i}" for i in range(1, 6)],
+        ("cifar10", "test"): ["test_batch"],
+        ("cifar100", "train"): ["train"],
+        ("cifar100", "test"): ["test"],
+    }
+    META = {"cifar10": ("batches.meta", b"label_names", b"labels"),
+            "cifar100": ("meta", b"fine_label_names", b"fine_labels")}
+
+    def __init__(self, root: str | Path, *, variant: str, split: str, name: str = "") -> None:
+        if variant not in self.META:
+            raise ValueError(f"unknown CIFAR variant {variant!r}; choose cifar10 or cifar100")
+        split = split or "train"
+        if (variant, split) not in self.FILES:
+            raise ValueError(f"{variant} {root}: unknown split {split!r}; choose train or test")
+        self.root = Path(root)
+        self.variant, self.split = variant, split
+        self.name = name or f"{variant}_{split}"
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{variant} directory not found: {self.root}")
+        meta_file, names_key, labels_key = self.META[variant]
+        meta_path = self.root / meta_file
+        self.classes = _names(_get(load_pickle(meta_path), names_key, meta_path))
+        images, labels = [], []
+        for fname in self.FILES[(variant, split)]:
+            path = self.root / fname
+            d = load_pickle(path)
+            data = np.asarray(_get(d, b"data", path))
+            lab = np.asarray(_get(d, labels_key, path), dtype=np.int64)
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise ValueError(
+                    f"{path}: b'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}"
+                )
+            if lab.shape != (data.shape[0],):
+                raise ValueError(f"{path}: {len(lab)} labels for {data.shape[0]} images")
+            if lab.size and (lab.min() < 0 or lab.max() >= len(self.classes)):
+                raise ValueError(
+                    f"{path}: labels outside [0, {len(self.classes)}) "
+                    f"(min {lab.min()}, max {lab.max()})"
+                )
+            # (N, 3072) -> (N, 3, 32, 32) channel planes -> (N, 32, 32, 3) HWC RGB
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(lab)
+        self.images = np.ascontiguousarray(np.concatenate(images))
+        self.targets = np.concatenate(labels)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i].copy(), int(self.targets[i])
+
+    def __repr__(self) -> str:
+        return f"CifarSource({self.name!r}, root={str(self.root)!r}, images={len(self)})"
+
+
+def build_cifar10(
+    *, path: Path, images: Path | None = None, split: str = "train", name: str = ""
+) -> CifarSource:
+    """Catalog builder for ``cifar-10-batches-py``; ``split`` is train or test."""
+    del images
+    return CifarSource(path, variant="cifar10", split=split, name=name)
+
+
+def build_cifar100(
+    *, path: Path, images: Path | None = None, split: str = "train", name: str = ""
+) -> CifarSource:
+    """Catalog builder for ``cifar-100-python`` (fine labels); ``split`` is train or test."""
+    del images
+    return CifarSource(path, variant="cifar100", split=split, name=name)

@@ -1,0 +1,224 @@
+"""COCO JSON detection sets through pycocotools' API.
+
+Category ids are sorted and mapped to contiguous labels 1..K (``DetSource.category_ids``
+maps back); ``bbox`` (x, y, w, h) becomes (x1, y1, x2, y2) in absolute pixels. Every image is
+kept, with or without objects (training drops empty ones later, see
+:func:`detres.data.det_source.training_records`); crowd boxes stay in the record, flagged by
+``iscrowd``. The pycocotools ``COCO`` object is kept at ``source.coco`` for the evaluator.
+
+Checks, each an error naming the json file and the image or annotation id: a missing
+``file_name``/``height``/``width``, a duplicate image id, an annotation without ``bbox`` /
+``image_id`` / ``category_id``, a bbox that is not 4 finite numbers, a negative width or
+height, a box outside its image by more than one pixel, an unknown category or image id.
+Boxes within that one-pixel tolerance are clipped to the image.
+
+Zero-area boxes (w or h = 0 after clipping) are dropped from the records with one warning
+per file listing their annotation ids: they carry no box to learn (IoU with anything is 0)
+and COCO itself has a handful. They stay in ``source.coco``, so evaluation is unaffected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from detres.data.catalog import DATASET_FORMATS
+from detres.data.det_source import DetSource, Record
+
+logger = logging.getLogger(__name__)
+
+
+class CocoFormatError(ValueError):
+    """A COCO json file that does not follow the format."""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _read_json(json_file: Path) -> dict[str, Any]:
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"COCO annotation file {json_file} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise CocoFormatError(f"{json_file}: not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CocoFormatError(f"{json_file}: expected an object with an 'images' list")
+    if not isinstance(data.get("categories"), list):
+        raise CocoFormatError(f"{json_file}: expected a 'categories' list")
+    data.setdefault("annotations", [])  # image-info files (test-dev) have none
+    if not isinstance(data["annotations"], list):
+        raise CocoFormatError(f"{json_file}: 'annotations' must be a list")
+    return data
+
+
+def _categories(data: dict[str, Any], json_file: Path) -> tuple[list[int], list[str]]:
+    names: dict[int, str] = {}
+    for i, c in enumerate(data["categories"]):
+        cid = c.get("id") if isinstance(c, dict) else None
+        if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(c.get("name"), str):
+            raise CocoFormatError(f"{json_file}: category #{i} needs an integer 'id' and a "
+                                  f"'name', got {c!r}")
+        if cid in names:
+            raise CocoFormatError(f"{json_file}: duplicate category id {cid}")
+        names[cid] = c["name"]
+    ids = sorted(names)
+    return ids, [names[i] for i in ids]
+
+
+def _images(data: dict[str, Any], json_file: Path) -> tuple[list[Any], dict[Any, int]]:
+    index: dict[Any, int] = {}
+    for i, im in enumerate(data["images"]):
+        iid = im.get("id") if isinstance(im, dict) else None
+        if iid is None:
+            raise CocoFormatError(f"{json_file}: image #{i} has no 'id'")
+        for key in ("file_name", "height", "width"):
+            if key not in im:
+                raise CocoFormatError(f"{json_file}: image id {iid} has no {key!r}")
+        if not isinstance(im["file_name"], str) or not im["file_name"]:
+            raise CocoFormatError(f"{json_file}: image id {iid}: bad file_name "
+                                  f"{im['file_name']!r}")
+        if not (_is_number(im["height"]) and _is_number(im["width"])) or \
+                im["height"] <= 0 or im["width"] <= 0:
+            raise CocoFormatError(f"{json_file}: image id {iid}: bad size "
+                                  f"{im['height']!r} x {im['width']!r}")
+        if iid in index:
+            raise CocoFormatError(f"{json_file}: duplicate image id {iid}")
+        index[iid] = i
+    return data["images"], index
+
+
+def _annotation_arrays(
+    anns: list[Any], json_file: Path, img_index: dict[Any, int], cat_ids: list[int]
+) -> dict[str, np.ndarray]:
+    """Per-annotation arrays (one pass with the structural checks, the rest vectorized)."""
+    n = len(anns)
+    boxes = np.zeros((n, 4), dtype=np.float64)
+    img = np.zeros(n, dtype=np.int64)
+    cat = np.zeros(n, dtype=np.int64)
+    crowd = np.zeros(n, dtype=bool)
+    ann_ids: list[Any] = [None] * n
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict):
+            raise CocoFormatError(f"{json_file}: annotation #{i} is not an object")
+        aid = ann_ids[i] = a.get("id", f"#{i}")
+        for key in ("bbox", "image_id", "category_id"):
+            if key not in a:
+                raise CocoFormatError(f"{json_file}: annotation id {aid} has no {key!r}")
+        bb = a["bbox"]
+        if not isinstance(bb, list | tuple) or len(bb) != 4 or not all(map(_is_number, bb)):
+            raise CocoFormatError(f"{json_file}: annotation id {aid}: bbox must be 4 numbers "
+                                  f"[x, y, w, h], got {bb!r}")
+        boxes[i] = bb
+        j = img_index.get(a["image_id"])
+        if j is None:
+            raise CocoFormatError(f"{json_file}: annotation id {aid}: unknown image_id "
+                                  f"{a['image_id']!r}")
+        img[i] = j
+        cat[i] = a["category_id"] if _is_number(a["category_id"]) else -(2**62)
+        crowd[i] = bool(a.get("iscrowd", 0))
+    known = np.asarray(cat_ids, dtype=np.int64)
+    pos = np.searchsorted(known, cat).clip(0, max(len(known) - 1, 0))
+    bad = np.flatnonzero(known[pos] != cat) if len(known) else np.arange(n)
+    if len(bad):
+        i = int(bad[0])
+        raise CocoFormatError(f"{json_file}: annotation id {ann_ids[i]}: unknown category_id "
+                              f"{anns[i]['category_id']!r}; known: {cat_ids}")
+    return {"boxes": boxes, "img": img, "label": pos + 1, "crowd": crowd,
+            "ann_ids": np.asarray(ann_ids, dtype=object)}
+
+
+def _check_boxes(
+    a: dict[str, np.ndarray], images: list[dict[str, Any]], json_file: Path
+) -> np.ndarray:
+    """Validate (x, y, w, h) against the image sizes; returns clipped (x1, y1, x2, y2)."""
+    b = a["boxes"]
+    hw = np.array([[im["height"], im["width"]] for im in images], dtype=np.float64)
+    h, w = hw[a["img"], 0], hw[a["img"], 1]
+    x1, y1 = b[:, 0], b[:, 1]
+    x2, y2 = x1 + b[:, 2], y1 + b[:, 3]
+    checks = [
+        (~np.isfinite(b).all(1), "bbox has non-finite values"),
+        ((b[:, 2] < 0) | (b[:, 3] < 0), "negative width or height"),
+        ((x1 < -1) | (y1 < -1) | (x2 > w + 1) | (y2 > h + 1), "box outside the image"),
+    ]
+    for bad, what in checks:
+        idx = np.flatnonzero(bad)
+        if len(idx):
+            i = int(idx[0])
+            im = images[a["img"][i]]
+            raise CocoFormatError(
+                f"{json_file}: annotation id {a['ann_ids'][i]} (image id {im['id']}, "
+                f"{im['width']}x{im['height']}): {what}: bbox {b[i].tolist()}"
+                + (f" ({len(idx)} such annotations)" if len(idx) > 1 else ""))
+    out = np.stack([x1.clip(0, w), y1.clip(0, h), x2.clip(0, w), y2.clip(0, h)], axis=1)
+    return out
+
+
+def load_coco_json(
+    json_file: str | Path, image_root: str | Path | None = None, *, name: str = ""
+) -> DetSource:
+    """Records for every image of a COCO json file (images under ``image_root``, by default
+    the json file's directory)."""
+    json_file = Path(json_file).resolve()
+    image_root = Path(image_root).resolve() if image_root else json_file.parent
+    data = _read_json(json_file)
+    cat_ids, class_names = _categories(data, json_file)
+    images, img_index = _images(data, json_file)
+    a = _annotation_arrays(data["annotations"], json_file, img_index, cat_ids)
+    xyxy = _check_boxes(a, images, json_file)
+
+    degenerate = (xyxy[:, 2] <= xyxy[:, 0]) | (xyxy[:, 3] <= xyxy[:, 1])
+    if degenerate.any():
+        ids = a["ann_ids"][degenerate].tolist()
+        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+        warnings.warn(f"{json_file}: dropped {len(ids)} zero-area box(es), annotation ids "
+                      f"{shown}", stacklevel=2)
+    keep = ~degenerate
+    img = a["img"][keep]
+    order = np.argsort(img, kind="stable")
+    counts = np.bincount(img, minlength=len(images))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    boxes = xyxy[keep][order].astype(np.float32)
+    labels = a["label"][keep][order]
+    crowd = a["crowd"][keep][order]
+
+    records: list[Record] = []
+    for j, im in enumerate(images):
+        s, e = starts[j], starts[j + 1]
+        records.append({
+            "image_id": im["id"],
+            "file": str(image_root / im["file_name"]),
+            "height": int(im["height"]),
+            "width": int(im["width"]),
+            "boxes": torch.from_numpy(boxes[s:e].copy()),
+            "classes": torch.from_numpy(labels[s:e].copy()),
+            "iscrowd": torch.from_numpy(crowd[s:e].copy()),
+            "difficult": torch.zeros(e - s, dtype=torch.bool),
+        })
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    logger.info("%s: %d images, %d boxes, %d classes", json_file, len(records), len(boxes),
+                len(cat_ids))
+    return DetSource(name=name or str(json_file), format="coco", records=records,
+                     class_names=class_names, category_ids=cat_ids, path=json_file, coco=coco)
+
+
+@DATASET_FORMATS.register("coco")
+def build_coco_source(*, path: Path, images: Path | None, split: str = "", name: str = "") -> DetSource:
+    """Catalog builder: ``path`` is the json file, ``images`` the image directory."""
+    return load_coco_json(path, images, name=name)

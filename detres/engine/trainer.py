@@ -1,0 +1,216 @@
+"""One plain, iteration-based training loop for both the classifier and the detector.
+
+forward -> losses -> backward -> step -> schedule -> log -> checkpoint -> periodic eval.
+The task supplies two functions: ``step_fn(model, batch) -> {name: Tensor}`` (keys starting
+with ``loss`` are summed into the objective; others are logged) and
+``eval_fn(model) -> {metric: float}``. Everything else (AMP, DDP, atomic checkpoints,
+``--resume``, tqdm, JSON lines, curves) lives here once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from detres.config import Config, to_dict
+from detres.engine import checkpoint as ckpt
+from detres.engine.distributed import is_main_process, reduce_mean
+from detres.engine.logging import LOG, JSONLWriter
+from detres.engine.schedule import LRSchedule, build_optimizer
+
+StepFn = Callable[[nn.Module, Any], dict[str, Tensor]]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss becomes NaN or infinite; no checkpoint is written after it."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, amp: str) -> Any:
+    """bf16 autocast on CPU or GPU, fp16 on GPU; nothing for ``none``."""
+    if amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("train.amp=fp16 needs a GPU; use bf16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    last_metrics: dict[str, float] | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        data: Callable[[int], Iterator[Any]],
+        step_fn: StepFn,
+        eval_fn: EvalFn | None,
+        out_dir: str | Path,
+        *,
+        device: torch.device,
+        primary_metric: str = "",
+        lower_is_better: bool = True,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.data_fn = data  # start iteration -> batches (so a resumed run sees the same data)
+        self.step_fn = step_fn
+        self.eval_fn = eval_fn
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.primary_metric = primary_metric
+        self.lower_is_better = lower_is_better
+        self.meta = meta or {}
+        self.optimizer = build_optimizer(model, cfg.solver)
+        self.schedule = LRSchedule(self.optimizer, cfg.solver)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+        self.writer = JSONLWriter(self.out_dir)
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, name: str) -> Path | None:
+        if not is_main_process():
+            return None
+        return ckpt.save_checkpoint(
+            self.out_dir / name,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.schedule,
+            scaler=self.scaler,
+            iteration=self.state.iteration,
+            config=to_dict(self.cfg),
+            meta=self.meta,
+        )
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continue from ``path`` or the output directory's last checkpoint, if any."""
+        path = Path(path) if path else self.out_dir / ckpt.LAST
+        if not path.is_file():
+            LOG.info("no checkpoint at %s; starting from scratch", path)
+            return False
+        c = ckpt.resume_from(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.schedule,
+            scaler=self.scaler,
+        )
+        self.state.iteration = int(c["iteration"])
+        self.writer.truncate_after(self.state.iteration)
+        LOG.info("resumed from %s at iteration %d", path, self.state.iteration)
+        return True
+
+    # ------------------------------------------------------------------------- loop
+    def run_eval(self) -> dict[str, float]:
+        if self.eval_fn is None:
+            return {}
+        t0 = time.perf_counter()
+        metrics = self.eval_fn(self.model)
+        if metrics:
+            rec = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.writer.write(
+                {"iteration": self.state.iteration, **rec, "eval_time": time.perf_counter() - t0}
+            )
+            if self.primary_metric in metrics:
+                self.schedule.observe(
+                    metrics[self.primary_metric], lower_is_better=self.lower_is_better
+                )
+        self.state.last_metrics = metrics
+        return metrics
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg
+        max_iter = cfg.solver.max_iter
+        start = self.state.iteration
+        self.model.train()
+        amp = autocast_context(self.device, cfg.train.amp)
+        bar = tqdm(
+            total=max_iter,
+            initial=start,
+            disable=not is_main_process(),
+            desc="train",
+            dynamic_ncols=True,
+            unit="it",
+        )
+        running: dict[str, Tensor] = {}
+        n_running = 0
+        t_last = time.perf_counter()
+        data = self.data_fn(start)
+        for it in range(start, max_iter):
+            self.schedule.step(it)
+            batch = next(data)
+            with amp:
+                out = self.step_fn(self.model, batch)
+            losses = {k: v for k, v in out.items() if k.startswith("loss")}
+            total = sum(losses.values())
+            assert isinstance(total, Tensor), "step_fn returned no loss terms"
+            if not torch.isfinite(total.detach()):
+                vals = {k: float(v.detach()) for k, v in losses.items()}
+                raise NonFiniteLossError(
+                    f"non-finite loss at iteration {it}: {vals}; stopping without a checkpoint "
+                    f"(last good one: {self.out_dir / ckpt.LAST}). Lower solver.base_lr, add "
+                    "warm-up, or set solver.clip_grad_norm."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if cfg.solver.clip_grad_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.solver.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.state.iteration = it + 1
+
+            for k, v in out.items():
+                running[k] = running.get(k, 0.0) + v.detach().float()
+            running["loss"] = running.get("loss", 0.0) + total.detach().float()
+            n_running += 1
+            bar.update(1)
+            last = self.state.iteration == max_iter
+            if self.state.iteration % cfg.train.log_period == 0 or last:
+                avg = {k: float(reduce_mean(v / n_running)) for k, v in running.items()}
+                now = time.perf_counter()
+                rec = {
+                    "iteration": self.state.iteration,
+                    **avg,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "time_per_iter": (now - t_last) / n_running,
+                }
+                self.writer.write(rec)
+                bar.set_postfix(loss=f"{avg['loss']:.4f}", lr=f"{rec['lr']:.3g}")
+                running, n_running, t_last = {}, 0, now
+            period = cfg.train.eval_period
+            if (period and self.state.iteration % period == 0) or last:
+                self.run_eval()
+                self.model.train()
+            cp = cfg.train.checkpoint_period
+            if (cp and self.state.iteration % cp == 0) or last:
+                self.save(ckpt.LAST)
+        bar.close()
+        if self.state.last_metrics is None:
+            self.run_eval()
+        final = self.save(ckpt.FINAL)
+        if final is not None:
+            LOG.info("saved %s", final)
+        return self.state.last_metrics or {}

@@ -1,0 +1,97 @@
+"""Anchor generation: ``len(sizes[l]) * len(aspect_ratios)`` anchors at every location of
+feature level ``l``, in the same order and with the same values as torchvision's
+``AnchorGenerator`` (aspect ratio = height / width, zero-centred cell anchors rounded to
+integers, shifted by ``stride * (x, y)``).
+
+Shape shorthand: L levels, Hi x Wi feature size of level i, A anchors per location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def cell_anchors(
+    sizes: Sequence[float], aspect_ratios: Sequence[float], *, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Zero-centred anchors ``(A, 4)``, ratio-major: ``A = len(aspect_ratios) * len(sizes)``."""
+    scales = torch.as_tensor(sizes, dtype=dtype)
+    ratios = torch.as_tensor(aspect_ratios, dtype=dtype)
+    h_ratios = torch.sqrt(ratios)
+    w_ratios = 1 / h_ratios
+    ws = (w_ratios[:, None] * scales[None, :]).view(-1)
+    hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors per feature level, cached per (feature size, stride, device, dtype).
+
+    ``sizes[l]`` lists the anchor sizes of level ``l`` (C4: one level with
+    ``[32, 64, 128, 256, 512]``; FPN: ``[[32], [64], [128], [256], [512]]``). The stride of a
+    level is ``padded_image_size // feature_size`` per axis (torchvision's rule, which also
+    handles FPN's extra max-pooled level on odd sizes).
+    """
+
+    def __init__(
+        self,
+        *,
+        sizes: Sequence[Sequence[float]] = ((32, 64, 128, 256, 512),),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    ) -> None:
+        super().__init__()
+        if not sizes or any(len(s) == 0 for s in sizes):
+            raise ValueError(f"anchor sizes must be a non-empty list per level, got {sizes}")
+        if not aspect_ratios:
+            raise ValueError("anchor aspect_ratios must not be empty")
+        self.sizes = [list(s) for s in sizes]
+        self.aspect_ratios = list(aspect_ratios)
+        self._cells = [cell_anchors(s, self.aspect_ratios) for s in self.sizes]
+        self._cache: dict[tuple[int, int, int, int, int, str, torch.dtype], Tensor] = {}
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.sizes)
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [len(s) * len(self.aspect_ratios) for s in self.sizes]
+
+    def grid_anchors(
+        self, level: int, grid_hw: tuple[int, int], stride_hw: tuple[int, int], device: torch.device,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        """Anchors ``(Hi * Wi * A, 4)`` of one level, ordered (y, x, anchor)."""
+        key = (level, *grid_hw, *stride_hw, str(device), dtype)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        (gh, gw), (sh, sw) = grid_hw, stride_hw
+        base = self._cells[level].to(device=device, dtype=dtype)
+        shifts_x = torch.arange(0, gw, dtype=torch.int32, device=device) * sw
+        shifts_y = torch.arange(0, gh, dtype=torch.int32, device=device) * sh
+        shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+        shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+        shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+        # (Hi*Wi, 1, 4) + (1, A, 4) -> (Hi*Wi*A, 4)
+        anchors = (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
+        if len(self._cache) > 64:  # many input sizes (multi-scale training): bound the cache
+            self._cache.clear()
+        self._cache[key] = anchors
+        return anchors
+
+    def forward(self, features: list[Tensor], padded_hw: tuple[int, int]) -> list[Tensor]:
+        """Anchors ``(Hi * Wi * A, 4)`` per level, shared by every image of the batch."""
+        if len(features) != self.num_levels:
+            raise ValueError(
+                f"{len(features)} feature levels but anchor sizes for {self.num_levels} "
+                f"(model.anchors.sizes={self.sizes})"
+            )
+        out = []
+        for level, feat in enumerate(features):
+            gh, gw = int(feat.shape[-2]), int(feat.shape[-1])
+            stride = (int(padded_hw[0]) // gh, int(padded_hw[1]) // gw)
+            out.append(self.grid_anchors(level, (gh, gw), stride, feat.device, feat.dtype))
+        return out

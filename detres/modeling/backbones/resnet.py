@@ -1,0 +1,337 @@
+"""ResNets of He et al., *Deep Residual Learning for Image Recognition* (2015), and their plain
+(shortcut-free) counterparts, with torchvision's parameter names.
+
+Variants, all from one :class:`ResNet` class:
+
+* ``stride_in_1x1``: where a bottleneck block downsamples. ``True`` is the paper's (MSRA)
+  network, whose multiply-adds match the paper's Table 1 (ResNet-50: 3.8e9); ``False`` puts the
+  stride in the 3x3 conv, as torchvision's "v1.5" ResNet (4.1e9) whose weight files these models
+  load with ``strict=True``. Basic-block nets (18/34, CIFAR) are the same either way.
+* ``shortcut``: ``"A"`` zero-padded identity with stride subsampling (no parameters), ``"B"``
+  projection only where the shape changes (default), ``"C"`` projection on every block,
+  ``"none"`` no shortcut at all (the plain nets).
+* ``stem``: ``"imagenet"`` (7x7/2 conv + 3x3/2 max pool, stages res2..res5 at strides 4..32)
+  or ``"cifar"`` (3x3/1 conv, no pool, stages res2..res4 at strides 1, 2, 4: the 6n+2 nets).
+* ``width_per_group``: the base width (64 for ImageNet nets, 16 for CIFAR nets). Unlike
+  torchvision, where it only sets the bottleneck's inner width, it scales the whole network
+  (stem and every stage), so that tests can run tiny versions of every model.
+
+The registered builders are in this module (ImageNet) and in ``cifar_resnet.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from detres.modeling.backbones.base import Backbone, ShapeSpec, run_stages
+
+NormLayer = Callable[[int], nn.Module]
+SHORTCUTS = ("A", "B", "C", "none")
+
+
+def get_norm(norm: str) -> NormLayer:
+    """``"BN"`` -> ``nn.BatchNorm2d``; ``"FrozenBN"`` -> ``torchvision.ops.FrozenBatchNorm2d``."""
+    if norm == "BN":
+        return nn.BatchNorm2d
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d
+    raise ValueError(f"norm {norm!r} is not one of 'BN', 'FrozenBN'")
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: the identity, subsampled by ``stride`` and zero-padded with ``extra`` channels
+    (appended after the input's channels). No parameters."""
+
+    def __init__(self, extra: int, stride: int) -> None:
+        super().__init__()
+        self.extra = extra
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        # (N, C, H, W) -> (N, C + extra, H, W)
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+    def extra_repr(self) -> str:
+        return f"extra={self.extra}, stride={self.stride}"
+
+
+def make_shortcut(
+    shortcut: str, cin: int, cout: int, stride: int, norm_layer: NormLayer | None
+) -> nn.Module | None:
+    """The shortcut branch of a block (``None``: plain identity). A projection is
+    ``Sequential(conv1x1, norm)`` (torchvision's ``downsample.0/1``), or ``Sequential(conv1x1)``
+    when ``norm_layer`` is None (pre-activation nets)."""
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut {shortcut!r} is not one of {SHORTCUTS}")
+    changes = stride != 1 or cin != cout
+    if shortcut == "C" or (shortcut == "B" and changes):
+        layers: list[nn.Module] = [conv1x1(cin, cout, stride)]
+        if norm_layer is not None:
+            layers.append(norm_layer(cout))
+        return nn.Sequential(*layers)
+    if shortcut == "A" and changes:
+        if cout < cin:
+            raise ValueError(f"shortcut 'A' cannot map {cin} to fewer ({cout}) channels")
+        return ZeroPadShortcut(cout - cin, stride)
+    return None
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (torchvision's ``BasicBlock``); ``residual=False`` drops the shortcut."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        stride_in_1x1: bool = True,  # no 1x1 here; accepted for a uniform interface
+    ) -> None:
+        super().__init__()
+        self.residual = shortcut != "none"
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.downsample = make_shortcut(shortcut, inplanes, planes, stride, norm_layer)
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4 channels), torchvision's ``Bottleneck`` names. The stride sits in
+    the first 1x1 (``stride_in_1x1=True``, the paper) or in the 3x3 (torchvision v1.5)."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        stride_in_1x1: bool = True,
+    ) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.residual = shortcut != "none"
+        self.conv1 = conv1x1(inplanes, planes, s1)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes, s3)
+        self.bn2 = norm_layer(planes)
+        self.conv3 = conv1x1(planes, out)
+        self.bn3 = norm_layer(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(shortcut, inplanes, out, stride, norm_layer)
+
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+def init_weights(model: nn.Module) -> None:
+    """torchvision's ResNet init: Kaiming normal (fan_out) convs, norm weight 1 and bias 0;
+    linear layers keep PyTorch's default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class ResNet(Backbone):
+    """ResNet / plain net trunk with an optional classification head (``fc``).
+
+    Stages: ``stem`` (conv1, bn1, relu, maxpool), then ``res2``.. = ``layer1``.. (4 stages for
+    the ImageNet stem, 3 for the CIFAR stem).
+    """
+
+    def __init__(
+        self,
+        *,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        width_per_group: int = 64,
+        stride_in_1x1: bool = True,
+        shortcut: str = "B",
+        zero_init_residual: bool = False,
+        norm: str = "BN",
+    ) -> None:
+        super().__init__()
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem {stem!r} is not one of 'imagenet', 'cifar'")
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut {shortcut!r} is not one of {SHORTCUTS}")
+        if zero_init_residual and shortcut == "none":
+            raise ValueError("zero_init_residual needs shortcuts (a plain net would output 0)")
+        if width_per_group < 1 or num_classes < 0 or not layers or min(layers) < 1:
+            raise ValueError(
+                f"bad ResNet shape: width_per_group={width_per_group}, "
+                f"num_classes={num_classes}, layers={list(layers)}"
+            )
+        norm_layer = get_norm(norm)
+        self.stride_in_1x1 = stride_in_1x1 if block is Bottleneck else None
+        self.shortcut = shortcut
+        self.num_classes = num_classes
+        self.default_input_size = 224 if stem == "imagenet" else 32
+        w = width_per_group
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+            stride = 4
+        else:
+            self.conv1 = conv3x3(3, w)
+            self.maxpool = nn.Identity()
+            stride = 1
+        self.bn1 = norm_layer(w)
+        self.relu = nn.ReLU(inplace=True)
+        self.stage_names = ["stem"] + [f"res{i + 2}" for i in range(len(layers))]
+        self._shapes = {"stem": ShapeSpec(w, stride)}
+        inplanes = w
+        for i, n in enumerate(layers):
+            planes, s = w * 2**i, 1 if i == 0 else 2
+            blocks = []
+            for j in range(n):
+                blocks.append(
+                    block(
+                        inplanes,
+                        planes,
+                        s if j == 0 else 1,
+                        shortcut=shortcut,
+                        norm_layer=norm_layer,
+                        stride_in_1x1=stride_in_1x1,
+                    )
+                )
+                inplanes = planes * block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            stride *= s
+            self._shapes[f"res{i + 2}"] = ShapeSpec(inplanes, stride)
+        self.num_features = inplanes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else None
+        init_weights(self)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock | Bottleneck):
+                    nn.init.zeros_(m.last_norm().weight)
+
+    def stage_modules(self) -> dict[str, nn.Module]:
+        stages: dict[str, nn.Module] = {
+            "stem": nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        }
+        for i, name in enumerate(self.stage_names[1:]):
+            stages[name] = getattr(self, f"layer{i + 1}")
+        return stages
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return dict(self._shapes)
+
+    def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
+        return run_stages(self.stage_modules(), x, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.stage_modules().values():
+            x = stage(x)
+        x = self.avgpool(x).flatten(1)
+        return x if self.fc is None else self.fc(x)
+
+
+def _imagenet_builder(
+    name: str, block: type[BasicBlock] | type[Bottleneck], layers: list[int]
+) -> Callable[..., ResNet]:
+    def build(
+        *,
+        num_classes: int = 1000,
+        stride_in_1x1: bool = True,
+        shortcut: str = "B",
+        zero_init_residual: bool = False,
+        width_per_group: int = 64,
+        norm: str = "BN",
+    ) -> ResNet:
+        return ResNet(
+            block=block,
+            layers=layers,
+            num_classes=num_classes,
+            stem="imagenet",
+            width_per_group=width_per_group,
+            stride_in_1x1=stride_in_1x1,
+            shortcut=shortcut,
+            zero_init_residual=zero_init_residual,
+            norm=norm,
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (
+        f"ResNet-{sum(layers) * (3 if block is Bottleneck else 2) + 2} ({block.__name__}, "
+        f"stages {layers}). Defaults: the paper's network (stride_in_1x1=True, shortcut 'B'); "
+        "stride_in_1x1=False gives torchvision's v1.5."
+    )
+    return build
+
+
+def _plain_builder(name: str, layers: list[int]) -> Callable[..., ResNet]:
+    def build(*, num_classes: int = 1000, width_per_group: int = 64, norm: str = "BN") -> ResNet:
+        return ResNet(
+            block=BasicBlock,
+            layers=layers,
+            num_classes=num_classes,
+            stem="imagenet",
+            width_per_group=width_per_group,
+            shortcut="none",
+            norm=norm,
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"Plain-{sum(layers) * 2 + 2}: ResNet-{sum(layers) * 2 + 2} without shortcuts."
+    return build
+
+
+resnet18 = _imagenet_builder("resnet18", BasicBlock, [2, 2, 2, 2])
+resnet34 = _imagenet_builder("resnet34", BasicBlock, [3, 4, 6, 3])
+resnet50 = _imagenet_builder("resnet50", Bottleneck, [3, 4, 6, 3])
+resnet101 = _imagenet_builder("resnet101", Bottleneck, [3, 4, 23, 3])
+resnet152 = _imagenet_builder("resnet152", Bottleneck, [3, 8, 36, 3])
+plain18 = _plain_builder("plain18", [2, 2, 2, 2])
+plain34 = _plain_builder("plain34", [3, 4, 6, 3])

@@ -1,0 +1,96 @@
+"""Batched box helpers shared by the RPN and the ROI heads.
+
+Boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the resized image. The helpers work on
+the whole batch at once: per-image quantities (image sizes, GT boxes) are either padded to a
+common count or carried as an image index per box.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import boxes as box_ops
+
+
+def image_sizes_tensor(
+    image_sizes: list[tuple[int, int]] | Tensor, device: torch.device
+) -> Tensor:
+    """``(N, 2)`` int64 tensor of ``(h, w)`` from a list of pairs or a tensor."""
+    t = torch.as_tensor(image_sizes, dtype=torch.int64, device=device)
+    if t.dim() != 2 or t.shape[1] != 2:
+        raise ValueError(f"image_sizes must be N pairs (h, w), got shape {tuple(t.shape)}")
+    return t
+
+
+def clip_boxes(boxes: Tensor, sizes_hw: Tensor) -> Tensor:
+    """Clip boxes ``(..., 4)`` to ``[0, w] x [0, h]``; ``sizes_hw`` broadcasts as ``(..., 2)``.
+
+    Same arithmetic as ``torchvision.ops.clip_boxes_to_image`` but one size per box.
+    """
+    h = sizes_hw[..., 0:1].to(boxes.dtype)
+    w = sizes_hw[..., 1:2].to(boxes.dtype)
+    x = boxes[..., 0::2].clamp(min=0)
+    y = boxes[..., 1::2].clamp(min=0)
+    x = torch.minimum(x, w)
+    y = torch.minimum(y, h)
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)
+
+
+def nonempty(boxes: Tensor, min_size: float) -> Tensor:
+    """Mask of boxes whose width and height are both ``>= min_size`` (torchvision's rule)."""
+    ws = boxes[..., 2] - boxes[..., 0]
+    hs = boxes[..., 3] - boxes[..., 1]
+    return (ws >= min_size) & (hs >= min_size)
+
+
+def batched_iou(gt_boxes: Tensor, boxes: Tensor) -> Tensor:
+    """IoU of ``(N, M, 4)`` against ``(N, P, 4)`` (or shared ``(P, 4)``) -> ``(N, M, P)``.
+
+    The same arithmetic as ``torchvision.ops.box_iou``, batched over images.
+    """
+    if boxes.dim() == 2:
+        boxes = boxes.unsqueeze(0)
+    area1 = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])
+    area2 = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    lt = torch.maximum(gt_boxes[:, :, None, :2], boxes[:, None, :, :2])  # (N, M, P, 2)
+    rb = torch.minimum(gt_boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, :, None] + area2[:, None, :] - inter
+    return inter / union
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """``torchvision.ops.batched_nms`` without coordinate rounding.
+
+    Callers merge image index and class/level into ``idxs``, so the offsets of torchvision's
+    coordinate trick can be large; where that trick is used it runs in float64 so that the
+    offset boxes stay exact. Returns kept indices sorted by decreasing score.
+    """
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    vanilla = boxes.device.type == "cpu" and boxes.numel() > 4000  # torchvision's per-id loop
+    if vanilla or boxes.dtype == torch.float64:
+        return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    return box_ops.batched_nms(boxes.double(), scores.double(), idxs, iou_threshold)
+
+
+def keep_topk_per_image(keep: Tensor, image_index: Tensor, k: int, num_images: int) -> Tensor:
+    """From ``keep`` (indices sorted by decreasing score over the whole batch), the first ``k``
+    of each image, grouped by image and still sorted by score within each image.
+
+    ``image_index[keep]`` gives the image of each kept element.
+    """
+    img = image_index[keep]
+    order = torch.sort(img, stable=True).indices  # group by image, keep score order
+    keep, img = keep[order], img[order]
+    counts = torch.bincount(img, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(keep.numel(), device=keep.device) - starts[img]
+    return keep[rank < k]
+
+
+def split_by_image(values: Tensor, image_index: Tensor, num_images: int) -> list[Tensor]:
+    """Split ``values`` (already grouped by ascending image index) into one tensor per image."""
+    counts = torch.bincount(image_index, minlength=num_images).tolist()
+    return list(values.split(counts, dim=0))

@@ -1,0 +1,166 @@
+"""The shared training loop: schedule, atomic checkpoints, exact resume, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from detres.config import load_config
+from detres.data.sampling import InfiniteSampler, SeededDataset, ShardSampler
+from detres.engine import checkpoint as ckpt
+from detres.engine.schedule import LRSchedule, build_optimizer
+from detres.engine.trainer import NonFiniteLossError, Trainer
+
+
+class NoisyPoints(Dataset):
+    """Points whose item adds augmentation noise drawn from the global torch RNG."""
+
+    def __init__(self, n: int = 64) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = (self.x.sum(1) > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.x[i] + 0.1 * torch.randn(4), self.y[i]
+
+
+def _batches(start: int, bs: int = 8) -> Iterator[tuple[Tensor, Tensor]]:
+    ds = NoisyPoints()
+    sampler = InfiniteSampler(len(ds), seed=1, start=start * bs, rank=0, world_size=1)
+    return iter(DataLoader(SeededDataset(ds), batch_size=bs, sampler=sampler))
+
+
+def _step(m: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    x, y = batch
+    return {"loss_ce": nn.functional.cross_entropy(m(x), y)}
+
+
+def _trainer(out: Path, max_iter: int, step=_step) -> Trainer:
+    cfg = load_config(
+        None,
+        [
+            f"solver.max_iter={max_iter}",
+            "solver.base_lr=0.1",
+            "solver.batch_size=8",
+            "train.log_period=2",
+            "solver.steps=[6]",
+            "solver.warmup_iters=3",
+        ],
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+    return Trainer(
+        cfg, model, _batches, step, lambda m: {"acc": 0.5}, out, device=torch.device("cpu")
+    )
+
+
+def test_schedule_warmup_and_steps() -> None:
+    cfg = load_config(
+        None,
+        [
+            "solver.base_lr=1.0",
+            "solver.warmup_iters=10",
+            "solver.warmup_factor=0.1",
+            "solver.steps=[20,30]",
+        ],
+    )
+    opt = build_optimizer(nn.Linear(2, 2), cfg.solver)
+    s = LRSchedule(opt, cfg.solver)
+    assert s.lr_at(0) == pytest.approx(0.1)
+    assert s.lr_at(5) == pytest.approx(0.55)
+    assert s.lr_at(10) == pytest.approx(1.0)
+    assert s.lr_at(25) == pytest.approx(0.1)
+    assert s.lr_at(35) == pytest.approx(0.01)
+
+
+def test_plateau_schedule_decays_after_patience() -> None:
+    cfg = load_config(None, ["solver.schedule=plateau", "solver.plateau_patience=2"])
+    s = LRSchedule(build_optimizer(nn.Linear(2, 2), cfg.solver), cfg.solver)
+    for err in (0.5, 0.4, 0.41, 0.42):
+        s.observe(err)
+    assert s.lr_at(100) == pytest.approx(0.01)
+
+
+def test_batchnorm_params_get_norm_weight_decay() -> None:
+    cfg = load_config(None, ["solver.weight_decay=1e-4", "solver.weight_decay_norm=0"])
+    opt = build_optimizer(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), cfg.solver)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
+
+
+def test_sampler_shards_and_resumes() -> None:
+    a = InfiniteSampler(10, seed=3, rank=0, world_size=1)
+    seq = [x for _, x in zip(range(25), a, strict=False)]
+    b = InfiniteSampler(10, seed=3, rank=0, world_size=1, start=7)
+    assert [x for _, x in zip(range(18), b, strict=False)] == seq[7:]
+    assert sorted(i for i, _ in seq[:10]) == list(range(10))  # one epoch is a permutation
+    r0 = [
+        x for _, x in zip(range(5), InfiniteSampler(10, seed=3, rank=0, world_size=2), strict=False)
+    ]
+    r1 = [
+        x for _, x in zip(range(5), InfiniteSampler(10, seed=3, rank=1, world_size=2), strict=False)
+    ]
+    assert r0 + r1 != seq[:10] and sorted(r0 + r1) == sorted(seq[:10])
+    assert list(ShardSampler(5, rank=1, world_size=2)) == [1, 3]
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path: Path) -> None:
+    full = _trainer(tmp_path / "full", 10)
+    full.train()
+    first = _trainer(tmp_path / "part", 4)
+    first.train()
+    # Continue the stopped run to 10 iterations from its last checkpoint.
+    second = _trainer(tmp_path / "part", 10)
+    assert second.resume()
+    assert second.state.iteration == 4
+    second.train()
+    a, b = full.model.state_dict(), second.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    rows_full = [
+        json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
+    loss = [r["loss"] for r in rows if "loss" in r]
+    loss_full = [r["loss"] for r in rows_full if "loss" in r]
+    assert loss[-1] == pytest.approx(loss_full[-1], rel=1e-6)
+
+
+def test_nan_loss_stops_without_checkpoint(tmp_path: Path) -> None:
+    def bad_step(m: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        out = _step(m, batch)
+        return {"loss_ce": out["loss_ce"] * float("nan")}
+
+    t = _trainer(tmp_path, 5, step=bad_step)
+    with pytest.raises(NonFiniteLossError, match="iteration 0"):
+        t.train()
+    assert not (tmp_path / ckpt.LAST).exists()
+
+
+def test_checkpoint_is_atomic_and_safe(tmp_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    p = ckpt.save_checkpoint(tmp_path / "c.pth", model=model, iteration=7, config={"a": 1})
+    assert [f.name for f in tmp_path.iterdir()] == ["c.pth"]  # no temp file left behind
+    loaded = ckpt.load_file(p)
+    assert loaded["iteration"] == 7 and loaded["config"] == {"a": 1}
+    # A checkpoint from another model is refused with the file and keys named.
+    with pytest.raises(RuntimeError, match=r"c\.pth.*(missing|shape)"):
+        ckpt.load_model_state(nn.Linear(4, 2), loaded["model"], source=str(p))
+    # A pickle that would run code is not loaded.
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": print}, f, protocol=2)
+    with pytest.raises(RuntimeError, match="evil.pth"):
+        ckpt.load_file(evil)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        ckpt.load_file(tmp_path / "nope.pth")
