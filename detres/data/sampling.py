@@ -102,7 +102,9 @@ class ShardSampler(Sampler[int]):
     """Sequential indices ``rank::world_size`` with no padding, so that gathering every
     rank's results scores each sample exactly once (unlike ``DistributedSampler``)."""
 
-    def __init__(self, size: int, *, rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(
+        self, size: int, *, rank: int | None = None, world_size: int | None = None
+    ) -> None:
         self.size = size
         self.rank = get_rank() if rank is None else rank
         self.world_size = get_world_size() if world_size is None else world_size
