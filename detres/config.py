@@ -39,7 +39,8 @@ class BackboneCfg:
     stride_in_1x1: bool | None = None  # True: paper (MSRA) ResNet; False: torchvision v1.5
     shortcut: str | None = None  # "A" zero-pad identity | "B" projection on change | "C" all
     zero_init_residual: bool = False
-    width_per_group: int = 64  # base width (64 in the paper); tiny tests shrink it
+    # Base width; None keeps the entry's default (64 ImageNet nets, 16 CIFAR nets).
+    width_per_group: int | None = None
     # Weights: "" (random init), a torchvision weight file, or a pretrain_cls.py checkpoint.
     weights: str = ""
     norm: str = "BN"  # "BN" | "FrozenBN" (detection fine-tuning of a pretrained trunk)

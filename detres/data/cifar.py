@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from detres.data.catalog import DATASET_FORMATS
+
 # (module, name) pairs a pickle of dicts, lists, str/bytes and numpy arrays may reference.
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
@@ -147,6 +149,7 @@ class CifarSource:
         return f"CifarSource({self.name!r}, root={str(self.root)!r}, images={len(self)})"
 
 
+@DATASET_FORMATS.register("cifar10")
 def build_cifar10(
     *, path: Path, images: Path | None = None, split: str = "train", name: str = ""
 ) -> CifarSource:
@@ -155,6 +158,7 @@ def build_cifar10(
     return CifarSource(path, variant="cifar10", split=split, name=name)
 
 
+@DATASET_FORMATS.register("cifar100")
 def build_cifar100(
     *, path: Path, images: Path | None = None, split: str = "train", name: str = ""
 ) -> CifarSource:

@@ -219,6 +219,7 @@ def load_coco_json(
 
 
 @DATASET_FORMATS.register("coco")
-def build_coco_source(*, path: Path, images: Path | None, split: str = "", name: str = "") -> DetSource:
+def build_coco_source(*, path: Path, images: Path | None, split: str = "",
+                      name: str = "") -> DetSource:
     """Catalog builder: ``path`` is the json file, ``images`` the image directory."""
     return load_coco_json(path, images, name=name)

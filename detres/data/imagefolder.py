@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detres.data.catalog import DATASET_FORMATS
+
 #: torchvision's ``IMG_EXTENSIONS`` (matched case-insensitively)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -97,6 +99,7 @@ class ImageFolderSource:
         )
 
 
+@DATASET_FORMATS.register("imagefolder")
 def build_imagefolder(
     *, path: Path, images: Path | None = None, split: str = "", name: str = ""
 ) -> ImageFolderSource:

@@ -90,12 +90,20 @@ class SeededDataset(Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
-        if isinstance(key, tuple):
-            idx, seed = key
-            ds = self.dataset
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        idx, seed = key
+        ds = self.dataset
+        # Seed for this sample, then put the caller's RNG streams back: with num_workers=0
+        # this runs in the training process, whose own draws must not depend on the data.
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
             seed_sample(seed, getattr(ds, "transforms", None) or getattr(ds, "transform", None))
-            return self.dataset[idx]
-        return self.dataset[key]
+            return ds[idx]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
 
 
 class ShardSampler(Sampler[int]):

@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detres.data.catalog import DATASET_FORMATS, GENERATORS
 from detres.data.imagefolder import ImageFolderSource
 
 FORMAT_VERSION = 1
@@ -221,7 +222,9 @@ def render(spec: SynthClsSpec, labels: np.ndarray, rng: np.random.Generator) -> 
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def render_split(spec: SynthClsSpec, split: str, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def render_split(
+    spec: SynthClsSpec, split: str, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """(images [N, S, S, 3] uint8 RGB, labels [N]) of one split, class by class in order."""
     if split not in SPLITS:
         raise ValueError(f"synthetic split {split!r} is not one of {SPLITS}")
@@ -342,16 +345,19 @@ def generate_synthetic_cls(
     return target
 
 
+@GENERATORS.register("synthetic_cls")
 def generate_default(root: Path) -> None:
     """Catalog generator ``synthetic_cls``: the demo set under ``root/synthetic_cls``."""
     generate_synthetic_cls(root, spec="synthetic_cls")
 
 
+@GENERATORS.register("synthetic_cls_hard")
 def generate_hard(root: Path) -> None:
     """Catalog generator ``synthetic_cls_hard``: under ``root/synthetic_cls_hard``."""
     generate_synthetic_cls(root, spec="synthetic_cls_hard")
 
 
+@DATASET_FORMATS.register("synthetic_cls")
 def build_synthetic_cls(
     *, path: Path, images: Path | None = None, split: str = "train", name: str = ""
 ) -> ImageFolderSource:

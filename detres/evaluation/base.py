@@ -22,7 +22,7 @@ from detres.engine.distributed import all_gather_object, is_main_process
 
 logger = logging.getLogger(__name__)
 
-#: One image's detections as numpy arrays: image_id, boxes (N, 4) f8, scores (N,) f8, labels (N,) i8.
+#: One image's detections: image_id, boxes (N, 4) f8, scores (N,) f8, labels (N,) i8.
 Prediction = dict[str, Any]
 
 

@@ -60,6 +60,10 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> fl
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
+def _cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts) if parts else empty
+
+
 def _paired_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """IoU of det[i] with gt[i] in the devkit's inclusive pixel convention (same op order)."""
     iw = np.maximum(np.minimum(gt[:, 2], det[:, 2]) - np.maximum(gt[:, 0], det[:, 0]) + 1.0, 0.0)
@@ -87,9 +91,16 @@ def voc_average_precisions(
     det_boxes = np.asarray(det_boxes, np.float64).reshape(-1, 4)
     det_scores = np.asarray(det_scores, np.float64)
     gt_difficult = np.asarray(gt_difficult, bool)
+    if not len(gt_image) == len(gt_class) == len(gt_boxes) == len(gt_difficult):
+        raise ValueError("ground truth: image, class, box and difficult arrays differ in length")
+    if not len(det_image) == len(det_class) == len(det_scores) == len(det_boxes):
+        raise ValueError("detections: image, class, score and box arrays differ in length")
+    if not (np.isfinite(det_scores).all() and np.isfinite(det_boxes).all()):
+        raise ValueError("detections have non-finite scores or boxes")
     for name, c in (("ground-truth", gt_class), ("detection", det_class)):
         if len(c) and (c.min() < 0 or c.max() >= k):
-            raise ValueError(f"{name} class index out of range [0, {k}): {c[(c < 0) | (c >= k)][0]}")
+            bad = c[(c < 0) | (c >= k)][0]
+            raise ValueError(f"{name} class index out of range [0, {k}): {bad}")
 
     # Ground truth grouped by (image, class), annotation order kept inside a group.
     gkey = gt_image * k + gt_class
@@ -235,9 +246,8 @@ class VOCEvaluator(DetectionEvaluator):
             cls.append(c)
             boxes.append(b)
             diff.append(d)
-        cat = np.concatenate
-        return (cat(img) if img else np.zeros(0, np.int64), cat(cls) if cls else np.zeros(0, np.int64),
-                cat(boxes) if boxes else np.zeros((0, 4)), cat(diff) if diff else np.zeros(0, bool))
+        return (_cat(img, np.zeros(0, np.int64)), _cat(cls, np.zeros(0, np.int64)),
+                _cat(boxes, np.zeros((0, 4))), _cat(diff, np.zeros(0, bool)))
 
     def score_predictions(self, predictions: list[Prediction]) -> dict[str, Any]:
         img, cls = [], []
@@ -247,19 +257,21 @@ class VOCEvaluator(DetectionEvaluator):
                                  "(not in the ground truth)")
             img.append(np.full(len(p["scores"]), self.image_index[p["image_id"]], np.int64))
             cls.append(self.class_index(p["labels"], f"prediction for image {p['image_id']!r}"))
-        cat = np.concatenate
-        boxes = cat([p["boxes"] for p in predictions]) if predictions else np.zeros((0, 4))
+        boxes = _cat([p["boxes"] for p in predictions], np.zeros((0, 4)))
         if self.boxes_zero_based:
             boxes = boxes.copy()
             boxes[:, :2] += 1.0
-        return self.score_arrays(
-            cat(img) if img else np.zeros(0, np.int64), cat(cls) if cls else np.zeros(0, np.int64),
-            cat([p["scores"] for p in predictions]) if predictions else np.zeros(0), boxes)
+        scores = _cat([p["scores"] for p in predictions], np.zeros(0))
+        return self.score_arrays(_cat(img, np.zeros(0, np.int64)), _cat(cls, np.zeros(0, np.int64)),
+                                 scores, boxes)
 
     def score_arrays(self, image_index: np.ndarray, class_index: np.ndarray, scores: np.ndarray,
                      boxes: np.ndarray) -> dict[str, Any]:
         """Results for flat detections: indices into ``image_ids`` and ``class_names``, boxes in
         devkit coordinates."""
+        image_index = np.asarray(image_index, np.int64)
+        if len(image_index) and (image_index.min() < 0 or image_index.max() >= len(self.image_ids)):
+            raise ValueError(f"image index out of range [0, {len(self.image_ids)})")
         if len(scores) == 0:
             warnings.warn("VOC evaluation got no detections: every AP is 0", stacklevel=2)
         ap = voc_average_precisions(*self._gt, image_index, class_index, scores, boxes,

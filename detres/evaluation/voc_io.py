@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from detres.evaluation.voc import VOC_CLASSES
+
 #: (image index, class index, score, box) per detection.
 FlatDetections = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -72,6 +74,20 @@ def load_voc_annotations(voc_root: str | Path, split: str
     ids = read_image_set(voc_root, split)
     ann = Path(voc_root) / "Annotations"
     return ids, [_parse_xml(ann / f"{i}.xml") for i in ids]
+
+
+def voc_class_names(voc_root: str | Path, records: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    """The class list of a VOC-layout set: ``<voc_root>/classes.txt`` (one name a line, as
+    custom sets and the demo set have) if present; else the 20 VOC classes if every annotated
+    name is one of them; else the sorted names found in the annotations."""
+    f = Path(voc_root) / "classes.txt"
+    if f.is_file():
+        names = tuple(ln.strip() for ln in f.read_text().splitlines() if ln.strip())
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"{f}: expected one unique class name per line")
+        return names
+    found = {name for r in records for name in r["labels"]}
+    return VOC_CLASSES if found <= set(VOC_CLASSES) else tuple(sorted(found))
 
 
 def _lookup_images(names: list[str], image_index: dict[str, int], where: list[str],

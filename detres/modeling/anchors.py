@@ -93,5 +93,6 @@ class AnchorGenerator(nn.Module):
         for level, feat in enumerate(features):
             gh, gw = int(feat.shape[-2]), int(feat.shape[-1])
             stride = (int(padded_hw[0]) // gh, int(padded_hw[1]) // gw)
-            out.append(self.grid_anchors(level, (gh, gw), stride, feat.device, feat.dtype))
+            dtype = torch.float64 if feat.dtype == torch.float64 else torch.float32  # not bf16
+            out.append(self.grid_anchors(level, (gh, gw), stride, feat.device, dtype))
         return out

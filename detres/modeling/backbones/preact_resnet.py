@@ -236,12 +236,8 @@ def _preact_builder(
 preact_resnet18 = _preact_builder("preact_resnet18", PreActBasicBlock, [2, 2, 2, 2], "imagenet")
 preact_resnet34 = _preact_builder("preact_resnet34", PreActBasicBlock, [3, 4, 6, 3], "imagenet")
 preact_resnet50 = _preact_builder("preact_resnet50", PreActBottleneck, [3, 4, 6, 3], "imagenet")
-preact_resnet101 = _preact_builder(
-    "preact_resnet101", PreActBottleneck, [3, 4, 23, 3], "imagenet"
-)
-preact_resnet152 = _preact_builder(
-    "preact_resnet152", PreActBottleneck, [3, 8, 36, 3], "imagenet"
-)
+preact_resnet101 = _preact_builder("preact_resnet101", PreActBottleneck, [3, 4, 23, 3], "imagenet")
+preact_resnet152 = _preact_builder("preact_resnet152", PreActBottleneck, [3, 8, 36, 3], "imagenet")
 # CIFAR: 6n+2 basic (ResNet-110: n=18) and 9n+2 bottleneck (ResNet-164: n=18) nets.
 preact_resnet110 = _preact_builder("preact_resnet110", PreActBasicBlock, [18, 18, 18], "cifar")
 preact_resnet164 = _preact_builder("preact_resnet164", PreActBottleneck, [18, 18, 18], "cifar")

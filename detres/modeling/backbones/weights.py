@@ -82,11 +82,12 @@ def load_weights(model: nn.Module, path: str | Path, *, strict_backbone: bool = 
     if file_head and not head_fits:
         log.info("%s: head %s not loaded (model: %s)", where, sorted(file_head), sorted(model_head))
 
-    body_file = {k for k in state if not is_head(k) and not optional(k)}
-    body_model = {k for k in target if not is_head(k) and not optional(k)}
-    missing = sorted(body_model - body_file)
-    unexpected = sorted(body_file - body_model)
-    mismatched = sorted(k for k in body_file & body_model if state[k].shape != target[k].shape)
+    # Keys in forward order (the state dicts' own order), so "the first" means the earliest.
+    body_file = [k for k in state if not is_head(k) and not optional(k)]
+    body_model = [k for k in target if not is_head(k) and not optional(k)]
+    missing = [k for k in body_model if k not in state]
+    unexpected = [k for k in body_file if k not in target]
+    mismatched = [k for k in body_model if k in state and state[k].shape != target[k].shape]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys {missing[:_SHOW]}")
@@ -108,11 +109,9 @@ def load_weights(model: nn.Module, path: str | Path, *, strict_backbone: bool = 
     keep = {
         k: v
         for k, v in state.items()
-        if k in target
-        and v.shape == target[k].shape
-        and (not is_head(k) or head_fits)
+        if k in target and v.shape == target[k].shape and (not is_head(k) or head_fits)
     }
-    if not any(k in body_model for k in keep):
+    if not any(k in target and not is_head(k) for k in keep):
         raise ValueError(f"{where}: no key fits {type(model).__name__}: " + "; ".join(problems))
     if problems:
         log.warning("%s loaded partially into %s: %s", where, type(model).__name__, problems)

@@ -1,0 +1,169 @@
+"""Detection training and evaluation on the shared loop (tools/train_det.py, tools/eval.py).
+
+Scoring runs the model on ``data.test[0]`` through the test loader, maps boxes back to
+original-image pixels and labels to the data set's category ids, and hands them to the
+evaluator of the set's format: COCO (pycocotools) or VOC (the devkit rules).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detres.config import Config
+from detres.data.det_loader import build_det_sources, build_det_test_loader, build_det_train_loader
+from detres.data.det_source import DetSource, concat_sources
+from detres.engine.checkpoint import unwrap
+from detres.engine.distributed import get_world_size, is_main_process
+from detres.engine.launch import Run
+from detres.engine.logging import LOG, plot_curves
+from detres.engine.trainer import Trainer, autocast_context
+from detres.evaluation import COCOEvaluator, DetectionEvaluator, VOCEvaluator, write_metrics
+from detres.modeling import build_detector
+from detres.modeling.faster_rcnn import FasterRCNN
+
+
+def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None) -> DetectionEvaluator:
+    """The official scorer for a data set: pycocotools for COCO, the devkit rules for VOC."""
+    if src.format == "coco":
+        results = out_dir / f"coco_results_{src.name}.json" if out_dir is not None else None
+        return COCOEvaluator(gt=src.coco, results_file=results)
+    if src.format == "voc":
+        gt = {}
+        for r in src.records:
+            boxes = r["boxes"].clone()
+            boxes[:, :2] += 1  # back to the XML's 1-based pixel indices
+            gt[r["image_id"]] = {"boxes": boxes.numpy(), "difficult": r["difficult"].numpy(),
+                                 "labels": src.to_category_ids(r["classes"]).numpy()}
+        year = int(src.year) if src.year.isdigit() else None
+        return VOCEvaluator(gt=gt, class_names=src.class_names, category_ids=src.category_ids,
+                            year=year, boxes_zero_based=True)
+    raise ValueError(f"data set {src.name!r}: no evaluator for format {src.format!r}")
+
+
+@torch.inference_mode()
+def run_detector(model: FasterRCNN, loader: DataLoader, src: DetSource,
+                 evaluator: DetectionEvaluator, device: torch.device, amp: str = "none",
+                 channels_last: bool = False) -> dict[str, Any]:
+    """Predictions for this rank's shard of the test set, scored on rank 0."""
+    evaluator.reset()
+    n = 0
+    t0 = time.perf_counter()
+    with autocast_context(device, amp):
+        for images, targets in tqdm(loader, desc="eval", disable=not is_main_process(),
+                                    dynamic_ncols=True, leave=False):
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            dets = model.inference(images, [t["image_size"] for t in targets])
+            preds = []
+            for d, t in zip(dets, targets, strict=True):
+                sx, sy = (float(v) for v in t["scale"])
+                h, w = t["orig_size"]
+                boxes = d["boxes"].float().cpu() / torch.tensor([sx, sy, sx, sy])
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+                preds.append({"image_id": t["image_id"], "boxes": boxes,
+                              "scores": d["scores"].float().cpu(),
+                              "labels": src.to_category_ids(d["labels"].cpu())})
+            evaluator.process(preds)
+            n += len(dets)
+    elapsed = time.perf_counter() - t0
+    metrics = evaluator.evaluate()
+    if metrics:
+        metrics["inference_s_per_image"] = elapsed * get_world_size() / max(n, 1)
+    return metrics
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    return (f"mAP@.5 {100 * metrics.get('mAP@.5', float('nan')):.2f}  "
+            f"mAP@[.5,.95] {100 * metrics.get('mAP@[.5,.95]', float('nan')):.2f}")
+
+
+def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None = None
+                    ) -> dict[str, Any]:
+    """Build the detector of ``cfg`` (weights from ``model.weights``) and score it on
+    ``data.test[0]``."""
+    if not cfg.model.weights:
+        raise ValueError("evaluation needs weights: --weights CKPT (or model.weights=CKPT)")
+    model = build_detector(cfg).to(device).eval()
+    src = build_det_sources(cfg, train=False)[0]
+    _check_model_classes(model, src)
+    loader = build_det_test_loader(cfg, 0, sources=[src])
+    return run_detector(model, loader, src, build_det_evaluator(src, out_dir=out_dir), device,
+                        cfg.train.amp, cfg.train.channels_last)
+
+
+def _check_model_classes(model: FasterRCNN, src: DetSource) -> None:
+    if model.num_classes != src.num_classes:
+        raise ValueError(f"the model has {model.num_classes} classes but {src.name!r} has "
+                         f"{src.num_classes}: {src.class_names}")
+
+
+def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
+    cfg, device = run.cfg, run.device
+    train_sources = build_det_sources(cfg, train=True)
+    train_src = concat_sources(train_sources)
+    if cfg.model.num_classes != train_src.num_classes:
+        LOG.info("model.num_classes=%d -> %d (from %s)", cfg.model.num_classes,
+                 train_src.num_classes, train_src.name)
+        cfg.model.num_classes = train_src.num_classes
+    model = build_detector(cfg)
+    model.set_classes(train_src.class_names, train_src.category_ids)
+    model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = (DistributedDataParallel(model, find_unused_parameters=False)
+                      if run.distributed else model)
+    test_src = build_det_sources(cfg, train=False)[0]
+    _check_model_classes(model, test_src)
+    test_loader = build_det_test_loader(cfg, 0, sources=[test_src])
+    evaluator = build_det_evaluator(test_src, out_dir=run.out_dir)
+    per_rank = cfg.solver.batch_size // get_world_size()
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    LOG.info("%s/%s: %d train images (%s), %d test images (%s), %d classes, %.2fM trainable "
+             "parameters", cfg.model.arch, cfg.model.backbone.name, len(train_src.records),
+             train_src.name, len(test_src.records), test_src.name, train_src.num_classes,
+             n_params / 1e6)
+
+    def step(m: nn.Module, batch: tuple[Tensor, list[dict[str, Any]]]) -> dict[str, Tensor]:
+        images, targets = batch
+        images = images.to(device, non_blocking=True)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return m(images, targets)
+
+    def evaluate(m: nn.Module) -> dict[str, Any]:
+        metrics = run_detector(unwrap(m), test_loader, test_src, evaluator, device,
+                               cfg.train.amp, cfg.train.channels_last)
+        if metrics:
+            LOG.info("eval on %s: %s", test_src.name, _summary(metrics))
+        return metrics
+
+    def batches(start: int) -> Any:
+        return iter(build_det_train_loader(cfg, per_rank, start_iter=start,
+                                           sources=train_sources))
+
+    trainer = Trainer(cfg, net, batches, step, evaluate, run.out_dir, device=device,
+                      primary_metric="mAP@.5", lower_is_better=False,
+                      meta={"task": "det", "class_names": train_src.class_names,
+                            "category_ids": train_src.category_ids})
+    if resume is not None:
+        trainer.resume(None if resume == "last" else resume)
+    metrics = trainer.train()
+    if is_main_process() and metrics:
+        write_metrics(metrics, run.out_dir / "metrics.json")
+        plot_curves(run.out_dir / "metrics.jsonl", run.out_dir / "curves.png",
+                    train_keys=["loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"],
+                    val_keys=["val/mAP@.5", "val/mAP@[.5,.95]"],
+                    title=f"{cfg.model.arch} {cfg.model.backbone.name}: losses and mAP",
+                    val_ylabel="mAP on " + test_src.name)
+        LOG.info("final: %s -> %s", _summary(metrics), run.out_dir / "metrics.json")
+    return metrics

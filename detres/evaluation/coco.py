@@ -1,0 +1,190 @@
+"""COCO box evaluation through pycocotools' ``COCOeval`` (iouType "bbox").
+
+Predictions become the official results format (``image_id``, original ``category_id``,
+``bbox`` as x, y, w, h, ``score``), optionally dumped to a JSON file. Results: the 12
+standard numbers under readable keys (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs,
+ARm, ARl; ``None`` where pycocotools reports -1), the headline ``mAP@[.5,.95]`` (= AP) and
+``mAP@.5`` (= AP50), and a per-category table from ``COCOeval.eval["precision"]``.
+pycocotools' prints are captured and logged at DEBUG level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detres.evaluation.base import DetectionEvaluator, Prediction
+
+logger = logging.getLogger(__name__)
+
+COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+                   "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@contextlib.contextmanager
+def quiet_pycocotools() -> Iterator[None]:
+    """Capture pycocotools' prints and log them at DEBUG level."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                logger.debug("pycocotools: %s", line)
+
+
+def load_coco_gt(gt: COCO | str | os.PathLike[str]) -> COCO:
+    """A pycocotools ``COCO`` as given, or loaded (quietly) from an instances JSON path."""
+    if isinstance(gt, COCO):
+        return gt
+    if not Path(gt).is_file():
+        raise FileNotFoundError(f"no COCO ground-truth file {gt}")
+    with quiet_pycocotools():
+        return COCO(str(gt))
+
+
+def predictions_to_coco_results(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
+    """Per-image xyxy predictions -> COCO results (bbox x, y, w, h; plain Python types)."""
+    out: list[dict[str, Any]] = []
+    for p in predictions:
+        b = np.asarray(p["boxes"], np.float64).reshape(-1, 4)
+        xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
+        image_id = p["image_id"]
+        out.extend({"image_id": image_id, "category_id": c, "bbox": box, "score": s}
+                   for c, box, s in zip(np.asarray(p["labels"]).tolist(), xywh,
+                                        np.asarray(p["scores"]).tolist(), strict=True))
+    return out
+
+
+def check_coco_results(results: list[Any], coco_gt: COCO, source: str = "results") -> None:
+    """Raise a ``ValueError`` naming ``source[index]`` and the id for an entry of a results list
+    that pycocotools would reject or silently mis-score."""
+    if not isinstance(results, list):
+        raise ValueError(f"{source}: expected a list of detections, got {type(results).__name__}")
+    keys = ("image_id", "category_id", "bbox", "score")
+    for n, r in enumerate(results):  # cheap key check first, for a precise message
+        if not isinstance(r, dict) or any(k not in r for k in keys):
+            raise ValueError(f"{source}[{n}]: expected an object with keys {', '.join(keys)}, "
+                             f"got {r!r:.200}")
+    for key, known in (("image_id", coco_gt.getImgIds()), ("category_id", coco_gt.getCatIds())):
+        values, known_set = [r[key] for r in results], set(known)
+        ok = np.asarray([v in known_set for v in values], bool)
+        if not ok.all():
+            n = int(np.flatnonzero(~ok)[0])
+            raise ValueError(f"{source}[{n}]: unknown {key} {values[n]!r} "
+                             "(not in the ground truth)")
+    try:
+        boxes = np.asarray([r["bbox"] for r in results], np.float64).reshape(len(results), 4)
+        scores = np.asarray([r["score"] for r in results], np.float64).reshape(len(results))
+    except (ValueError, TypeError):
+        for n, r in enumerate(results):
+            if np.asarray(r["bbox"]).shape != (4,) or not isinstance(r["score"], int | float):
+                raise ValueError(f"{source}[{n}]: bbox must be 4 numbers [x, y, w, h] and score "
+                                 f"a number, got {r!r:.200}") from None
+        raise
+    bad = np.flatnonzero((boxes[:, 2:] < 0).any(axis=1) | ~np.isfinite(boxes).all(axis=1)
+                         | ~np.isfinite(scores))
+    if len(bad):
+        n = int(bad[0])
+        raise ValueError(f"{source}[{n}] (image_id {results[n]['image_id']}): bad bbox "
+                         f"{results[n]['bbox']} or score (negative width/height, i.e. x2 < x1, "
+                         "or not finite)")
+
+
+def _empty_results(coco_gt: COCO) -> COCO:
+    """A results ``COCO`` with no detections (``loadRes`` crashes on an empty list)."""
+    res = COCO()
+    res.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                   "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+    with quiet_pycocotools():
+        res.createIndex()
+    return res
+
+
+def summarize_cocoeval(ev: COCOeval, coco_gt: COCO) -> dict[str, Any]:
+    """Our results dict from an accumulated and summarized ``COCOeval``."""
+    stats = [None if s == -1 else float(s) for s in ev.stats]
+    out: dict[str, Any] = {"mAP@.5": stats[1], "mAP@[.5,.95]": stats[0], "mAP@.75": stats[2]}
+    precision = ev.eval["precision"]  # (T iou, R recall, K category, A area, M maxDets)
+    a = ev.params.areaRngLbl.index("all")
+    m = len(ev.params.maxDets) - 1  # the largest (100), as in summarize()
+    t50 = int(np.flatnonzero(np.isclose(ev.params.iouThrs, 0.5))[0])
+    t75 = int(np.flatnonzero(np.isclose(ev.params.iouThrs, 0.75))[0])
+
+    def mean_valid(p: np.ndarray) -> float | None:
+        p = p[p > -1]
+        return float(p.mean()) if p.size else None
+
+    per_class: dict[str, dict[str, float | None]] = {}
+    for k, cid in enumerate(ev.params.catIds):
+        name = coco_gt.cats[cid]["name"]
+        name = f"{name} ({cid})" if name in per_class else name
+        per_class[name] = {"AP@.5": mean_valid(precision[t50, :, k, a, m]),
+                           "AP@.75": mean_valid(precision[t75, :, k, a, m]),
+                           "AP@[.5,.95]": mean_valid(precision[:, :, k, a, m])}
+    out["per_class"] = per_class
+    out.update(zip(COCO_STAT_NAMES, stats, strict=True))
+    return out
+
+
+def evaluate_coco_results(coco_gt: COCO | str | os.PathLike[str],
+                          results: list[dict[str, Any]] | str | os.PathLike[str]) -> dict[str, Any]:
+    """Score COCO results (a list, or a results JSON path) against ground truth with COCOeval."""
+    coco_gt = load_coco_gt(coco_gt)
+    source = "results"
+    if not isinstance(results, list):
+        source = str(results)
+        try:
+            results = json.loads(Path(results).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}: not valid JSON: {e}") from None
+    check_coco_results(results, coco_gt, source)  # type: ignore[arg-type]
+    with quiet_pycocotools():
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:
+            warnings.warn(f"{source}: no detections, every AP is 0", stacklevel=2)
+            coco_dt = _empty_results(coco_gt)
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return summarize_cocoeval(ev, coco_gt)
+
+
+class COCOEvaluator(DetectionEvaluator):
+    """COCO scoring of per-image predictions (labels are the dataset's category ids).
+
+    ``gt``: a pycocotools ``COCO`` or an instances JSON path. ``results_file``: where to dump
+    the results in the official format (optional). Every ground-truth image is scored, so
+    images without predictions count as misses.
+    """
+
+    def __init__(self, *, gt: COCO | str | os.PathLike[str],
+                 results_file: str | os.PathLike[str] | None = None) -> None:
+        self.coco_gt = load_coco_gt(gt)
+        self.results_file = Path(results_file) if results_file else None
+        super().__init__()
+
+    def score_predictions(self, predictions: list[Prediction]) -> dict[str, Any]:
+        results = predictions_to_coco_results(predictions)
+        check_coco_results(results, self.coco_gt, "predictions")
+        if self.results_file is not None:
+            self.results_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.results_file.with_suffix(self.results_file.suffix + ".tmp")
+            tmp.write_text(json.dumps(results))
+            os.replace(tmp, self.results_file)
+        return evaluate_coco_results(self.coco_gt, results)

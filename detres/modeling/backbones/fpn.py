@@ -1,0 +1,61 @@
+"""Feature Pyramid Network (Lin et al. 2017) on ResNet stages, as in torchvision's
+``fasterrcnn_resnet50_fpn``: ``torchvision.ops.FeaturePyramidNetwork`` (1x1 lateral and 3x3
+output convs) with ``LastLevelMaxPool`` for the extra stride-64 level.
+
+Shape shorthand: N images, Ci channels of input stage i, F output channels (256).
+Input ``{"res2": (N, C2, H/4, W/4), ..., "res5": (N, C5, H/32, W/32)}``; output
+``{"p2": (N, F, H/4, W/4), ..., "p5", "p6": (N, F, H/64, W/64)}`` (sizes rounded up).
+
+The module is a neck on top of the backbone rather than a wrapper around it, so the detector
+keeps the plain ResNet as ``backbone`` (its weights load unchanged) and this as ``neck``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from detres.modeling.backbones.base import ShapeSpec
+
+
+class FPN(FeaturePyramidNetwork):
+    """``FeaturePyramidNetwork`` + ``LastLevelMaxPool`` with named levels ``p2``..``p6``."""
+
+    def __init__(self, *, input_shapes: dict[str, ShapeSpec], out_channels: int = 256) -> None:
+        if not input_shapes:
+            raise ValueError("FPN needs at least one input stage (model.fpn.in_features)")
+        strides = [s.stride for s in input_shapes.values()]
+        if strides != sorted(strides) or len(set(strides)) != len(strides):
+            raise ValueError(f"FPN input stages must have increasing strides, got {input_shapes}")
+        super().__init__(
+            in_channels_list=[s.channels for s in input_shapes.values()],
+            out_channels=out_channels,
+            extra_blocks=LastLevelMaxPool(),
+        )
+        self.in_features = list(input_shapes)
+        self.out_channels = out_channels
+        self._shapes = {
+            f"p{_log2(s.stride)}": ShapeSpec(out_channels, s.stride) for s in input_shapes.values()
+        }
+        last = strides[-1] * 2
+        self._shapes[f"p{_log2(last)}"] = ShapeSpec(out_channels, last)
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        """Output level name -> (channels, stride), finest first."""
+        return dict(self._shapes)
+
+    def forward(self, x: dict[str, Tensor]) -> dict[str, Tensor]:  # type: ignore[override]
+        missing = [k for k in self.in_features if k not in x]
+        if missing:
+            raise KeyError(f"FPN needs backbone stages {self.in_features}; missing {missing}")
+        out = super().forward(OrderedDict((k, x[k]) for k in self.in_features))
+        return OrderedDict(zip(self._shapes, out.values()))
+
+
+def _log2(stride: int) -> int:
+    if stride <= 0 or stride & (stride - 1):
+        raise ValueError(f"FPN stage strides must be powers of two, got {stride}")
+    return stride.bit_length() - 1

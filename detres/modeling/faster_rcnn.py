@@ -1,0 +1,342 @@
+"""Faster R-CNN (Ren et al. 2015): one meta-architecture, three families, wired explicitly.
+
+* ``faster_rcnn_c4`` (the paper's ResNet detector): res1-res4 trunk at stride 16, RPN on
+  res4, 14x14 RoI pooling, res5 per RoI (the backbone's own ``layer4``), average pool.
+* ``faster_rcnn_vgg``: RPN and 7x7 RoI pooling on conv5_3, VGG-16's fc6/fc7 as box head.
+* ``faster_rcnn_fpn``: ResNet + FPN, five anchor levels, ``MultiScaleRoIAlign`` 7x7, two
+  1024-d fc layers: torchvision's ``fasterrcnn_resnet50_fpn``.
+
+The module tree is ``backbone`` (the plain ResNet / VGG, so ImageNet weights and
+``pretrain_cls.py`` checkpoints load with no renaming, res5 and fc6/fc7 included), ``neck``
+(FPN or None), ``rpn`` and ``roi_heads``. Explicit methods: ``losses(images, targets)``
+(also ``forward``, for DDP), ``inference(images, image_sizes)`` on a loader batch and
+``predict(list of images)`` on raw images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detres.config import Config, ConfigError
+from detres.modeling.anchors import AnchorGenerator
+from detres.modeling.backbones.base import Backbone
+from detres.modeling.backbones.fpn import FPN
+from detres.modeling.roi_heads import (
+    FastRCNNPredictor,
+    MultiLevelPooler,
+    Res5Head,
+    ROIHeads,
+    SingleLevelPooler,
+    TwoMLPHead,
+    VGGFCHead,
+)
+from detres.modeling.rpn import RPN
+
+ARCHS = ("faster_rcnn_c4", "faster_rcnn_vgg", "faster_rcnn_fpn")
+
+
+def _sizes(image_sizes: Sequence[Any] | Tensor) -> list[tuple[int, int]]:
+    return [(int(s[0]), int(s[1])) for s in image_sizes]
+
+
+class FasterRCNN(nn.Module):
+    """Backbone (+ neck) -> RPN -> ROI heads. Images enter as RGB floats in [0, 1]."""
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        neck: nn.Module | None,
+        backbone_features: list[str],
+        rpn: RPN,
+        roi_heads: ROIHeads,
+        num_classes: int,
+        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        min_size_test: int = 800,
+        max_size_test: int = 1333,
+        size_divisibility: int = 32,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.neck, self.rpn, self.roi_heads = backbone, neck, rpn, roi_heads
+        self.backbone_features = backbone_features
+        self.num_classes = num_classes
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
+        self.min_size_test, self.max_size_test = min_size_test, max_size_test
+        self.size_divisibility = size_divisibility
+        self.class_names: list[str] = [f"class_{i}" for i in range(1, num_classes + 1)]
+        self.category_ids: list[int] = list(range(1, num_classes + 1))
+
+    def set_classes(self, class_names: Sequence[str], category_ids: Sequence[int]) -> None:
+        """Names and dataset category ids of labels 1..K (what ``predict`` reports)."""
+        if len(class_names) != self.num_classes or len(category_ids) != self.num_classes:
+            raise ValueError(
+                f"model has {self.num_classes} classes but got {len(class_names)} class_names "
+                f"and {len(category_ids)} category_ids"
+            )
+        self.class_names, self.category_ids = list(class_names), [int(c) for c in category_ids]
+
+    # ------------------------------------------------------------------------ pieces
+
+    def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+        """``(x - mean) / std``, with the bottom/right padding of each image kept at zero."""
+        x = (images - self.pixel_mean) / self.pixel_std
+        h = torch.tensor([s[0] for s in image_sizes], device=x.device)
+        w = torch.tensor([s[1] for s in image_sizes], device=x.device)
+        ys = torch.arange(x.shape[-2], device=x.device)
+        xs = torch.arange(x.shape[-1], device=x.device)
+        inside = (ys[None, :, None] < h[:, None, None]) & (xs[None, None, :] < w[:, None, None])
+        return x * inside[:, None].to(x.dtype)  # (N, H, W) -> (N, 1, H, W)
+
+    def features(self, x: Tensor) -> dict[str, Tensor]:
+        """Backbone stages (and FPN levels) from normalized images ``(N, 3, H, W)``."""
+        feats = self.backbone.forward_features(x, self.backbone_features)
+        return dict(self.neck(feats)) if self.neck is not None else feats
+
+    def _check_targets(self, images: Tensor, targets: list[dict[str, Any]]) -> None:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+        if len(targets) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
+        for i, t in enumerate(targets):
+            for key in ("gt_boxes", "gt_classes", "image_size"):
+                if key not in t:
+                    raise KeyError(f"targets[{i}] has no {key!r} (keys: {sorted(t)})")
+            b, c = t["gt_boxes"], t["gt_classes"]
+            if b.dim() != 2 or b.shape[1] != 4 or c.shape != (b.shape[0],):
+                raise ValueError(
+                    f"targets[{i}]: gt_boxes must be (M, 4) and gt_classes (M,), got "
+                    f"{tuple(b.shape)} and {tuple(c.shape)}"
+                )
+        classes = torch.cat([t["gt_classes"].reshape(-1) for t in targets])
+        if classes.numel() and (int(classes.min()) < 1 or int(classes.max()) > self.num_classes):
+            raise ValueError(
+                f"targets: gt_classes must be in 1..{self.num_classes} "
+                f"(model.num_classes), got values in [{int(classes.min())}, {int(classes.max())}]"
+            )
+
+    # ------------------------------------------------------------------------ API
+
+    def losses(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Training losses on a loader batch: ``loss_rpn_cls``, ``loss_rpn_box``, ``loss_cls``,
+        ``loss_box``. Uses the train-time RPN top-k; BN/dropout follow ``self.training``."""
+        self._check_targets(images, targets)
+        sizes = _sizes([t["image_size"] for t in targets])
+        feats = self.features(self.normalize(images, sizes))
+        gt_boxes = [t["gt_boxes"].to(images.device, torch.float32) for t in targets]
+        gt_classes = [t["gt_classes"].to(images.device, torch.int64) for t in targets]
+        out = self.rpn([feats[k] for k in self.rpn_features], tuple(images.shape[-2:]))
+        losses = self.rpn.losses(out, gt_boxes)
+        proposals = self.rpn.proposals(out, sizes, training=True)
+        losses.update(self.roi_heads.losses(feats, proposals, gt_boxes, gt_classes, sizes))
+        return losses
+
+    def forward(self, images: Tensor, targets: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Same as :meth:`losses` (so that DDP sees the training computation)."""
+        return self.losses(images, targets)
+
+    @property
+    def rpn_features(self) -> list[str]:
+        if self.neck is not None:
+            return list(self.neck.output_shape())  # type: ignore[operator]
+        return self.backbone_features
+
+    @torch.no_grad()
+    def _detect(self, x: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        was_training = self.training
+        self.eval()
+        try:
+            feats = self.features(x)
+            out = self.rpn([feats[k] for k in self.rpn_features], tuple(x.shape[-2:]))
+            proposals = self.rpn.proposals(out, sizes, training=False)
+            return self.roi_heads.inference(feats, proposals, sizes)
+        finally:
+            self.train(was_training)
+
+    def inference(
+        self, images: Tensor, image_sizes: Sequence[Any] | Tensor
+    ) -> list[dict[str, Tensor]]:
+        """``detections`` per image of a loader batch (eval mode, no grad): ``boxes`` in
+        resized-image pixels, ``scores``, ``labels`` in 1..K."""
+        sizes = _sizes(image_sizes)
+        return self._detect(self.normalize(images, sizes), sizes)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Detections on raw images: a list of RGB float ``(3, H, W)`` in [0, 1], any sizes.
+
+        Like torchvision's ``GeneralizedRCNNTransform``: normalize, bilinear resize (shorter
+        side to ``min_size_test``, longer at most ``max_size_test``), zero-pad to a multiple
+        of ``size_divisibility``. Boxes come back in input-image pixels, labels as dataset
+        category ids (``self.category_ids``).
+        """
+        if len(images) == 0:
+            return []
+        resized, orig, sizes = [], [], []
+        for i, img in enumerate(images):
+            if img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
+                raise ValueError(
+                    f"images[{i}] must be a float RGB (3, H, W) tensor in [0, 1], got "
+                    f"{img.dtype} {tuple(img.shape)}"
+                )
+            h, w = img.shape[-2:]
+            scale = min(self.min_size_test / min(h, w), self.max_size_test / max(h, w))
+            x = (img.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+            x = F.interpolate(
+                x[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                align_corners=False,
+            )[0]
+            resized.append(x)
+            orig.append((h, w))
+            sizes.append((x.shape[-2], x.shape[-1]))
+        d = self.size_divisibility
+        ph = -(-max(s[0] for s in sizes) // d) * d
+        pw = -(-max(s[1] for s in sizes) // d) * d
+        batch = resized[0].new_zeros((len(resized), 3, ph, pw))
+        for i, x in enumerate(resized):
+            batch[i, :, : x.shape[-2], : x.shape[-1]].copy_(x)
+        dets = self._detect(batch, sizes)
+        ids = torch.tensor(self.category_ids, device=batch.device)
+        for det, (h, w), (rh, rw) in zip(dets, orig, sizes):
+            ratio = torch.tensor([w, h, w, h], dtype=torch.float32) / torch.tensor(
+                [rw, rh, rw, rh], dtype=torch.float32
+            )  # torchvision's resize_boxes arithmetic
+            det["boxes"] = det["boxes"] * ratio.to(batch.device)
+            det["labels"] = ids[det["labels"] - 1]
+        return dets
+
+
+# ---------------------------------------------------------------------------- build
+
+
+def build_detector(cfg: Config) -> FasterRCNN:
+    """The detector of ``cfg.model`` (arch, backbone, anchors, rpn, roi_heads, fpn, input);
+    the trunk loads ``model.backbone.weights`` and the whole model ``model.weights``."""
+    from detres.modeling import build_backbone  # late import: the package imports us
+
+    m = cfg.model
+    if m.arch not in ARCHS:
+        raise ConfigError(f"key 'model.arch': {m.arch!r} is not a detector, one of {list(ARCHS)}")
+    if m.num_classes < 1:
+        raise ConfigError(f"key 'model.num_classes': must be >= 1 (foreground classes), got {m.num_classes}")
+    rh = m.roi_heads
+    backbone = build_backbone(m.backbone, num_classes=0)
+    shapes = backbone.output_shape()
+    neck: nn.Module | None = None
+
+    def need(*stages: str) -> None:
+        missing = [s for s in stages if s not in shapes]
+        if missing:
+            raise ConfigError(
+                f"key 'model.backbone.name': {m.backbone.name!r} has no stage(s) {missing} "
+                f"needed by {m.arch} (stages: {list(shapes)})"
+            )
+
+    if m.arch == "faster_rcnn_c4":
+        need("res4", "res5")
+        feats, in_ch = ["res4"], shapes["res4"].channels
+        pooler: nn.Module = SingleLevelPooler(
+            feature="res4", kind=rh.pooler, output_size=rh.pooler_resolution,
+            stride=shapes["res4"].stride, sampling_ratio=rh.sampling_ratio,
+        )
+        box_head: nn.Module = Res5Head(backbone.stage_modules()["res5"])
+        head_dim = shapes["res5"].channels
+    elif m.arch == "faster_rcnn_vgg":
+        need("conv5_3")
+        if not hasattr(backbone, "fc_head"):
+            raise ConfigError(f"key 'model.backbone.name': {m.backbone.name!r} has no fc6/fc7 head")
+        if rh.pooler_resolution != 7:
+            raise ConfigError(
+                f"key 'model.roi_heads.pooler_resolution': VGG-16's fc6 takes 7x7 RoIs, got {rh.pooler_resolution}"
+            )
+        feats, in_ch = ["conv5_3"], shapes["conv5_3"].channels
+        pooler = SingleLevelPooler(
+            feature="conv5_3", kind=rh.pooler, output_size=7, stride=shapes["conv5_3"].stride,
+            sampling_ratio=rh.sampling_ratio,
+        )
+        box_head = VGGFCHead(backbone.fc_head())  # type: ignore[operator]
+        head_dim = int(backbone.num_features)  # type: ignore[arg-type]
+    else:
+        need(*m.fpn.in_features)
+        if rh.pooler != "ROIAlign":
+            raise ConfigError(f"key 'model.roi_heads.pooler': FPN pools with ROIAlign, got {rh.pooler!r}")
+        feats = list(m.fpn.in_features)
+        neck = FPN(input_shapes={k: shapes[k] for k in feats}, out_channels=m.fpn.out_channels)
+        in_ch = m.fpn.out_channels
+        levels = list(neck.output_shape())[: len(feats)]  # p2..p5 (p6 is RPN-only)
+        pooler = MultiLevelPooler(
+            features=levels, output_size=rh.pooler_resolution, sampling_ratio=rh.sampling_ratio
+        )
+        box_head = TwoMLPHead(in_features=in_ch * rh.pooler_resolution**2, fc_dim=rh.fc_dim)
+        head_dim = rh.fc_dim
+
+    num_levels = len(neck.output_shape()) if isinstance(neck, FPN) else 1
+    if len(m.anchors.sizes) != num_levels:
+        raise ConfigError(
+            f"key 'model.anchors.sizes': {m.arch} has {num_levels} RPN level(s) but "
+            f"{len(m.anchors.sizes)} size list(s) were given: {m.anchors.sizes}"
+        )
+    r = m.rpn
+    rpn = RPN(
+        in_channels=in_ch,
+        anchor_generator=AnchorGenerator(sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios),
+        pre_nms_topk_train=r.pre_nms_topk_train, post_nms_topk_train=r.post_nms_topk_train,
+        pre_nms_topk_test=r.pre_nms_topk_test, post_nms_topk_test=r.post_nms_topk_test,
+        nms_thresh=r.nms_thresh, min_box_size=r.min_box_size,
+        batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+        fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
+        bbox_reg_weights=r.bbox_reg_weights, smooth_l1_beta=r.smooth_l1_beta,
+        loss_weight=r.loss_weight,
+    )
+    roi_heads = ROIHeads(
+        pooler=pooler, box_head=box_head,
+        box_predictor=FastRCNNPredictor(in_features=head_dim, num_classes=m.num_classes),
+        num_classes=m.num_classes,
+        batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
+        fg_iou_thresh=rh.fg_iou_thresh, bg_iou_thresh=rh.bg_iou_thresh,
+        bg_iou_thresh_lo=rh.bg_iou_thresh_lo, bbox_reg_weights=rh.bbox_reg_weights,
+        smooth_l1_beta=rh.smooth_l1_beta, score_thresh_test=rh.score_thresh_test,
+        nms_thresh_test=rh.nms_thresh_test, detections_per_image=rh.detections_per_image,
+    )
+    i = m.input
+    model = FasterRCNN(
+        backbone=backbone, neck=neck, backbone_features=feats, rpn=rpn, roi_heads=roi_heads,
+        num_classes=m.num_classes, pixel_mean=i.pixel_mean, pixel_std=i.pixel_std,
+        min_size_test=i.min_size_test, max_size_test=i.max_size_test,
+        size_divisibility=i.size_divisibility,
+    )
+    if m.weights:
+        load_detector_weights(model, m.weights)
+    return model
+
+
+def load_detector_weights(model: FasterRCNN, path: str | Path) -> dict[str, Any]:
+    """Load a detres detector checkpoint (``{"model": state_dict, "class_names": ...,
+    "category_ids": ...}`` or a bare state dict) strictly; returns the checkpoint dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector weights {str(path)!r} not found (model.weights)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"detector weights {str(path)!r}: expected a dict, got {type(ckpt).__name__}")
+    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"detector weights {str(path)!r} do not fit the model: {e}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"detector weights {str(path)!r} do not fit the model: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    if "class_names" in ckpt and "category_ids" in ckpt:
+        model.set_classes(ckpt["class_names"], ckpt["category_ids"])
+    return ckpt

@@ -1,0 +1,276 @@
+"""ROI heads: sample RoIs, pool features, box head, predictor, losses and detections.
+
+Shape shorthand: N images, R RoIs in the batch (all images, grouped by image), C feature
+channels, S pooled size, D box-head feature size, K foreground classes (class 0 is
+background inside the heads), M GT boxes per image (padded to the batch maximum).
+
+Box heads (one per detector family):
+
+* :class:`Res5Head` (C4, the paper): res5 of the ResNet run on each 14x14 RoI (first block
+  stride 2 -> 7x7), then global average pooling. res5 is the backbone's own ``layer4``,
+  referenced but not registered here, so the state dict holds it once, as ``backbone.layer4``.
+* :class:`VGGFCHead`: fc6/fc7 of VGG-16 on 7x7 RoIs, likewise the backbone's own layers.
+* :class:`TwoMLPHead` (FPN): two 1024-d fc layers, torchvision's ``TwoMLPHead``.
+
+The predictor gives ``K + 1`` class logits and class-specific deltas for the K foreground
+classes only (``4K``, Detectron2's layout; torchvision's ``4(K + 1)`` carries unused
+background deltas, which the weight converter drops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
+
+from detres.modeling.box_coder import BoxCoder
+from detres.modeling.box_ops import (
+    batched_nms,
+    clip_boxes,
+    image_sizes_tensor,
+    keep_topk_per_image,
+    nonempty,
+    split_by_image,
+)
+from detres.modeling.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, match_boxes
+from detres.modeling.rpn import box_regression_loss
+from detres.modeling.sampler import BalancedSampler
+
+
+def _rois(proposals: list[Tensor]) -> Tensor:
+    """Per-image boxes -> ``(R, 5)`` rows ``(image_index, x1, y1, x2, y2)``."""
+    boxes = torch.cat(proposals, dim=0)
+    idx = torch.repeat_interleave(
+        torch.arange(len(proposals), device=boxes.device),
+        torch.tensor([len(p) for p in proposals], device=boxes.device),
+    )
+    return torch.cat([idx[:, None].to(boxes.dtype), boxes], dim=1)
+
+
+class SingleLevelPooler(nn.Module):
+    """RoIAlign (``aligned=True``, Detectron2's ROIAlignV2) or RoIPool (the paper) on one
+    feature map: ``(N, C, H, W)`` + R RoIs -> ``(R, C, S, S)``."""
+
+    def __init__(
+        self, *, feature: str, kind: str, output_size: int, stride: int, sampling_ratio: int = 0
+    ) -> None:
+        super().__init__()
+        if kind not in ("ROIAlign", "ROIPool"):
+            raise ValueError(f"model.roi_heads.pooler: {kind!r} is not one of ROIAlign, ROIPool")
+        self.feature, self.kind = feature, kind
+        self.output_size, self.scale, self.sampling_ratio = output_size, 1.0 / stride, sampling_ratio
+
+    def forward(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        x = features[self.feature]
+        if x.dtype in (torch.float16, torch.bfloat16):  # pool in float32, as autocast would
+            return self.forward({self.feature: x.float()}, proposals, image_sizes).to(x.dtype)
+        rois = _rois(proposals).to(x.dtype)  # (R, 5)
+        size = (self.output_size, self.output_size)
+        if self.kind == "ROIPool":
+            return roi_pool(x, rois, size, self.scale)
+        return roi_align(x, rois, size, self.scale, self.sampling_ratio, aligned=True)
+
+
+class MultiLevelPooler(nn.Module):
+    """torchvision's ``MultiScaleRoIAlign`` (FPN level assignment, ``aligned=False``)."""
+
+    def __init__(self, *, features: list[str], output_size: int = 7, sampling_ratio: int = 2) -> None:
+        super().__init__()
+        self.pool = MultiScaleRoIAlign(features, output_size, sampling_ratio)
+
+    def forward(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> Tensor:
+        sizes = [(int(h), int(w)) for h, w in image_sizes]
+        dtype = next(iter(features.values())).dtype
+        if dtype in (torch.float16, torch.bfloat16):  # pool in float32, as autocast would
+            feats = {k: v.float() for k, v in features.items()}
+            return self.pool(feats, [p.float() for p in proposals], sizes).to(dtype)
+        return self.pool(features, [p.to(dtype) for p in proposals], sizes)
+
+
+class Res5Head(nn.Module):
+    """``(R, C4, 14, 14)`` -> res5 -> ``(R, C5, 7, 7)`` -> mean -> ``(R, C5)``."""
+
+    def __init__(self, res5: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["res5"] = res5  # a reference: its parameters belong to the backbone
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.__dict__["res5"](x).mean(dim=(2, 3))  # (R, C5, 7, 7) -> (R, C5)
+
+
+class VGGFCHead(nn.Module):
+    """``(R, 512, 7, 7)`` -> flatten -> fc6, ReLU, dropout, fc7, ReLU, dropout -> ``(R, 4096)``."""
+
+    def __init__(self, fc: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["fc"] = fc  # a reference to the backbone's classifier layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.__dict__["fc"](x.flatten(1))  # (R, 512, 7, 7) -> (R, 25088) -> (R, 4096)
+
+
+class TwoMLPHead(nn.Module):
+    """``(R, C, S, S)`` -> flatten -> fc6, ReLU, fc7, ReLU -> ``(R, D)``."""
+
+    def __init__(self, *, in_features: int, fc_dim: int = 1024) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, fc_dim)
+        self.fc7 = nn.Linear(fc_dim, fc_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))  # (R, C*S*S) -> (R, D)
+
+
+class FastRCNNPredictor(nn.Module):
+    """``(R, D)`` -> ``pred_class_logits (R, K + 1)`` and ``pred_deltas (R, 4K)``."""
+
+    def __init__(self, *, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.constant_(self.cls_score.bias, 0.0)
+        nn.init.constant_(self.bbox_pred.bias, 0.0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class ROIHeads(nn.Module):
+    """Pooler + box head + predictor, with Fast R-CNN sampling, losses and inference."""
+
+    def __init__(
+        self,
+        *,
+        pooler: nn.Module,
+        box_head: nn.Module,
+        box_predictor: FastRCNNPredictor,
+        num_classes: int,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        bg_iou_thresh_lo: float = 0.0,
+        bbox_reg_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        smooth_l1_beta: float = 0.0,
+        score_thresh_test: float = 0.05,
+        nms_thresh_test: float = 0.5,
+        detections_per_image: int = 100,
+    ) -> None:
+        super().__init__()
+        self.box_pooler, self.box_head, self.box_predictor = pooler, box_head, box_predictor
+        self.num_classes = num_classes
+        self.matcher = Matcher(high_threshold=fg_iou_thresh, low_threshold=bg_iou_thresh)
+        self.bg_iou_thresh_lo = bg_iou_thresh_lo
+        self.sampler = BalancedSampler(
+            batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction
+        )
+        self.box_coder = BoxCoder(weights=bbox_reg_weights)
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh_test
+        self.nms_thresh = nms_thresh_test
+        self.detections_per_image = detections_per_image
+
+    def predict_logits(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """``pred_class_logits (R, K + 1)`` and ``pred_deltas (R, 4K)`` for the RoIs."""
+        x = self.box_pooler(features, proposals, image_sizes)  # (R, C, S, S)
+        return self.box_predictor(self.box_head(x))
+
+    @torch.no_grad()
+    def sample_proposals(
+        self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_classes: list[Tensor]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Add GT boxes to the proposals, match, and sample RoIs per image.
+
+        Returns the sampled RoIs per image, their labels ``(R,)`` (0 = background) and the
+        matched GT box of each ``(R, 4)`` (meaningful for foreground RoIs only).
+        """
+        n = len(proposals)
+        props = [torch.cat([p.float(), g.to(p.device).float()]) for p, g in zip(proposals, gt_boxes)]
+        counts = torch.tensor([len(p) for p in props], device=props[0].device)
+        padded = pad_sequence(props, batch_first=True)  # (N, Pmax, 4)
+        valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < counts[:, None]
+        matches, vals, gt = match_boxes(self.matcher, gt_boxes, padded, valid)  # (N, Pmax)
+        if gt.shape[1] > 0:
+            cls = pad_sequence([c.to(padded.device) for c in gt_classes], batch_first=True)  # (N, M)
+            labels = torch.gather(cls, 1, matches.clamp(min=0)).masked_fill(matches < 0, 0)
+        else:
+            labels = torch.zeros_like(matches)
+        labels = labels.masked_fill(matches == BETWEEN_THRESHOLDS, -1)
+        # Fast R-CNN's background range [lo, bg_iou_thresh); an image without GT counts as IoU 0
+        too_low = (matches == BELOW_LOW_THRESHOLD) & (vals.clamp(min=0) < self.bg_iou_thresh_lo)
+        labels = labels.masked_fill(too_low, -1)
+        pos, neg = self.sampler(labels)
+        img, idx = (pos | neg).nonzero(as_tuple=True)  # grouped by image
+        rois = padded[img, idx]  # (R, 4)
+        if gt.shape[1] > 0:
+            matched_gt = gt[img, matches[img, idx].clamp(min=0)]  # (R, 4)
+        else:
+            matched_gt = torch.zeros_like(rois)
+        return split_by_image(rois, img, n), labels[img, idx], matched_gt
+
+    def losses(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        gt_boxes: list[Tensor],
+        gt_classes: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+    ) -> dict[str, Tensor]:
+        """Cross-entropy over sampled RoIs; class-specific box regression over foreground RoIs,
+        divided by the number of sampled RoIs."""
+        rois, labels, matched_gt = self.sample_proposals(proposals, gt_boxes, gt_classes)
+        logits, deltas = self.predict_logits(features, rois, image_sizes)
+        logits, deltas = logits.float(), deltas.float()
+        loss_cls = F.cross_entropy(logits, labels, reduction="sum") / max(labels.numel(), 1)
+        fg = (labels > 0).nonzero(as_tuple=True)[0]
+        with torch.no_grad():
+            target = self.box_coder.encode(matched_gt[fg], torch.cat(rois)[fg])
+        pred = deltas.view(len(labels), self.num_classes, 4)[fg, labels[fg] - 1]  # (R, 4K) -> (R, K, 4)
+        loss_box = box_regression_loss(pred, target, self.smooth_l1_beta) / max(labels.numel(), 1)
+        return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    @torch.no_grad()
+    def inference(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Per image ``detections``: ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)`` in 1..K,
+        after a score threshold and NMS per class, at most ``detections_per_image``."""
+        n, k = len(proposals), self.num_classes
+        logits, deltas = self.predict_logits(features, proposals, image_sizes)
+        r = logits.shape[0]
+        scores = F.softmax(logits.float(), dim=-1)[:, 1:]  # (R, K + 1) -> (R, K) foreground
+        boxes_in = torch.cat(proposals).float()
+        boxes = self.box_coder.decode(deltas.float().view(r, k, 4), boxes_in[:, None, :])  # (R, K, 4)
+        img = torch.repeat_interleave(
+            torch.arange(n, device=logits.device),
+            torch.tensor([len(p) for p in proposals], device=logits.device),
+        )
+        sizes = image_sizes_tensor(image_sizes, logits.device)
+        boxes = clip_boxes(boxes, sizes[img][:, None, :])
+        labels = torch.arange(1, k + 1, device=logits.device).expand(r, k)
+        img = img[:, None].expand(r, k)
+        keep = (scores > self.score_thresh) & nonempty(boxes, 1e-2)  # (R, K)
+        boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]  # flat
+        kept = batched_nms(boxes, scores, img * (k + 1) + labels, self.nms_thresh)
+        kept = keep_topk_per_image(kept, img, self.detections_per_image, n)
+        per_image = zip(
+            split_by_image(boxes[kept], img[kept], n),
+            split_by_image(scores[kept], img[kept], n),
+            split_by_image(labels[kept], img[kept], n),
+        )
+        return [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in per_image]

@@ -1,0 +1,166 @@
+"""The three Faster R-CNN families at tiny widths: losses, gradients, empty images, inference,
+predict, weight loading and the state-dict layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detres.config import ConfigError, load_config
+from detres.modeling import build_classifier, build_detector
+from detres.modeling.faster_rcnn import FasterRCNN, load_detector_weights
+
+TINY = {
+    "c4": ["model.arch=faster_rcnn_c4", "model.backbone.name=resnet50",
+           "model.backbone.width_per_group=8"],
+    "vgg": ["model.arch=faster_rcnn_vgg", "model.backbone.name=vgg16",
+            "model.backbone.width_per_group=4", "model.roi_heads.pooler_resolution=7"],
+    "fpn": ["model.arch=faster_rcnn_fpn", "model.backbone.name=resnet50",
+            "model.backbone.width_per_group=8", "model.backbone.stride_in_1x1=false",
+            "model.anchors.sizes=[[16],[32],[64],[128],[256]]", "model.fpn.out_channels=32",
+            "model.roi_heads.pooler_resolution=7", "model.roi_heads.sampling_ratio=2",
+            "model.roi_heads.fc_dim=64"],
+}
+COMMON = ["task=det", "model.num_classes=3", "model.input.min_size_test=96",
+          "model.input.max_size_test=128", "model.rpn.pre_nms_topk_test=300",
+          "model.rpn.post_nms_topk_test=100", "model.rpn.pre_nms_topk_train=600",
+          "model.rpn.post_nms_topk_train=200", "model.roi_heads.batch_size_per_image=64"]
+
+
+def tiny_detector(family: str, *extra: str) -> FasterRCNN:
+    torch.manual_seed(0)
+    return build_detector(load_config(None, COMMON + TINY[family] + list(extra)))
+
+
+def batch(empty: bool = False) -> tuple[torch.Tensor, list[dict]]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.zeros(2, 3, 96, 128)
+    images[0] = torch.rand(3, 96, 128, generator=gen)
+    images[1, :, :64, :96] = torch.rand(3, 64, 96, generator=gen)
+    boxes = [torch.tensor([[10.0, 12, 60, 70], [40, 30, 120, 90]]), torch.tensor([[5.0, 5, 40, 50]])]
+    classes = [torch.tensor([1, 3]), torch.tensor([2])]
+    if empty:
+        boxes, classes = [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.int64)] * 2
+    targets = [
+        {"gt_boxes": b, "gt_classes": c, "image_size": s, "image_id": i}
+        for i, (b, c, s) in enumerate(zip(boxes, classes, [(96, 128), (64, 96)]))
+    ]
+    return images, targets
+
+
+@pytest.mark.parametrize("family", ["c4", "vgg", "fpn"])
+def test_losses_and_every_parameter_gets_a_gradient(family: str) -> None:
+    model = tiny_detector(family).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad
+
+
+def test_empty_images_give_zero_box_losses() -> None:
+    model = tiny_detector("c4").train()
+    images, targets = batch(empty=True)
+    losses = model.losses(images, targets)
+    assert losses["loss_rpn_box"] == 0 and losses["loss_box"] == 0
+    assert torch.isfinite(losses["loss_rpn_cls"]) and losses["loss_rpn_cls"] > 0
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # one empty image beside one with objects
+    images, targets = batch()
+    targets[1]["gt_boxes"], targets[1]["gt_classes"] = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+    assert all(torch.isfinite(v) for v in model.losses(images, targets).values())
+
+
+def test_frozen_trunk_and_state_dict_layout(tmp_path: Path) -> None:
+    # a pretrain_cls-style classifier state dict loads into the detector, res5 included
+    torch.manual_seed(1)
+    cls = build_classifier("resnet50", num_classes=10, width_per_group=8)
+    path = tmp_path / "cls.pth"
+    torch.save({"model": cls.state_dict(), "config": {}}, path)
+    model = tiny_detector("c4", f"model.backbone.weights={path}", "model.backbone.norm=FrozenBN",
+                          "model.backbone.freeze_at=2")
+    torch.testing.assert_close(model.backbone.layer4[0].conv1.weight, cls.layer4[0].conv1.weight)
+    torch.testing.assert_close(model.backbone.layer3[1].bn2.running_var, cls.layer3[1].bn2.running_var)
+    assert model.roi_heads.box_head.res5 is model.backbone.layer4  # one module, used by the head
+    keys = list(model.state_dict())
+    assert not any(k.startswith("roi_heads.box_head") for k in keys)
+    ptrs = [t.data_ptr() for t in model.state_dict().values() if t.numel()]
+    assert len(ptrs) == len(set(ptrs)), "duplicated tensors in the state dict"
+    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")}
+    assert trainable == {"layer2", "layer3", "layer4"}
+
+
+@pytest.mark.parametrize("pooler", ["ROIAlign", "ROIPool"])
+def test_c4_poolers_run_and_inference_boxes_lie_inside_images(pooler: str) -> None:
+    model = tiny_detector("c4", f"model.roi_heads.pooler={pooler}", "model.roi_heads.score_thresh_test=0.0")
+    images, targets = batch()
+    assert all(torch.isfinite(v) for v in model.train().losses(images, targets).values())
+    dets = model.inference(images, [t["image_size"] for t in targets])
+    assert model.training  # inference switches to eval mode and back
+    for det, (h, w) in zip(dets, [(96, 128), (64, 96)]):
+        assert len(det["boxes"]) > 0 and len(det["boxes"]) <= 100
+        b = det["boxes"]
+        assert (b >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert ((det["labels"] >= 1) & (det["labels"] <= 3)).all()
+        assert (det["scores"][:-1] >= det["scores"][1:]).all()
+
+
+@pytest.mark.parametrize("family", ["c4", "vgg", "fpn"])
+def test_predict_maps_boxes_and_labels_back(family: str) -> None:
+    model = tiny_detector(family, "model.roi_heads.score_thresh_test=0.0")
+    model.set_classes(["cat", "dog", "bird"], [17, 18, 16])
+    gen = torch.Generator().manual_seed(5)
+    images = [torch.rand(3, 150, 200, generator=gen), torch.rand(3, 40, 70, generator=gen)]
+    dets = model.predict(images)
+    for det, img in zip(dets, images):
+        h, w = img.shape[-2:]
+        assert len(det["boxes"]) > 0
+        b = det["boxes"]
+        assert (b >= 0).all() and (b[:, 2] <= w + 1e-3).all() and (b[:, 3] <= h + 1e-3).all()
+        assert set(det["labels"].tolist()) <= {16, 17, 18}
+    # the large image is scaled down by 96/150: boxes reach beyond the resized size
+    assert dets[0]["boxes"][:, 2].max() > 128
+
+
+def test_normalize_keeps_padding_zero() -> None:
+    model = tiny_detector("c4")
+    images, targets = batch()
+    x = model.normalize(images, [t["image_size"] for t in targets])
+    assert (x[1, :, 64:, :] == 0).all() and (x[1, :, :, 96:] == 0).all()
+    torch.testing.assert_close(x[0, :, 0, 0], (images[0, :, 0, 0] - model.pixel_mean[:, 0, 0]) / model.pixel_std[:, 0, 0])
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = tiny_detector("vgg")
+    model.set_classes(["a", "b", "c"], [3, 5, 9])
+    path = tmp_path / "det.pth"
+    torch.save({"model": model.state_dict(), "class_names": model.class_names,
+                "category_ids": model.category_ids}, path)
+    other = tiny_detector("vgg", f"model.weights={path}")
+    assert other.category_ids == [3, 5, 9] and other.class_names == ["a", "b", "c"]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(other.state_dict()[k], v)
+    wrong = tiny_detector("c4")
+    with pytest.raises(ValueError, match="do not fit"):
+        load_detector_weights(wrong, path)
+
+
+def test_bad_inputs_fail_with_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="model.anchors.sizes"):
+        tiny_detector("fpn", "model.anchors.sizes=[[32,64]]")
+    with pytest.raises(ConfigError, match="pooler_resolution"):
+        tiny_detector("vgg", "model.roi_heads.pooler_resolution=14")
+    model = tiny_detector("c4")
+    images, targets = batch()
+    targets[0]["gt_classes"] = torch.tensor([0, 4])
+    with pytest.raises(ValueError, match="model.num_classes"):
+        model.losses(images, targets)
+    del targets[1]["gt_boxes"]
+    with pytest.raises(KeyError, match="gt_boxes"):
+        model.losses(images, targets)

@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Train a Faster R-CNN detector and score it (with no --cfg: the demo on the demo set).
+
+    python tools/train_det.py                                     # demo, ~10 min on a CPU
+    python tools/train_det.py --cfg coco_r101.yaml model.backbone.weights=resnet101.pth
+    torchrun --nproc-per-node 8 tools/train_det.py --cfg voc0712_r101.yaml
+    python tools/train_det.py --cfg demo.yaml --out-dir output/demo --resume
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detres.engine.det import evaluate_config, train_detector  # noqa: E402
+from detres.engine.distributed import cleanup, is_main_process  # noqa: E402
+from detres.engine.launch import setup_run, train_argparser  # noqa: E402
+from detres.evaluation import format_table, write_metrics  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = train_argparser(__doc__.splitlines()[0], "demo.yaml").parse_args(argv)
+    run = setup_run(args)
+    if run.cfg.task != "det":
+        raise SystemExit(f"{args.cfg}: task is {run.cfg.task!r}; use tools/pretrain_cls.py")
+    try:
+        if args.eval_only:
+            metrics = evaluate_config(run.cfg, run.device, out_dir=run.out_dir)
+            if is_main_process():
+                write_metrics(metrics, run.out_dir / "metrics.json")
+        else:
+            metrics = train_detector(run, resume=args.resume)
+    finally:
+        cleanup()
+    if is_main_process():
+        print(format_table(metrics, published=run.cfg.published or None,
+                           source=run.cfg.published_source))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
