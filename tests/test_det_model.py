@@ -13,20 +13,40 @@ from detres.modeling import build_classifier, build_detector
 from detres.modeling.faster_rcnn import FasterRCNN, load_detector_weights
 
 TINY = {
-    "c4": ["model.arch=faster_rcnn_c4", "model.backbone.name=resnet50",
-           "model.backbone.width_per_group=8"],
-    "vgg": ["model.arch=faster_rcnn_vgg", "model.backbone.name=vgg16",
-            "model.backbone.width_per_group=4", "model.roi_heads.pooler_resolution=7"],
-    "fpn": ["model.arch=faster_rcnn_fpn", "model.backbone.name=resnet50",
-            "model.backbone.width_per_group=8", "model.backbone.stride_in_1x1=false",
-            "model.anchors.sizes=[[16],[32],[64],[128],[256]]", "model.fpn.out_channels=32",
-            "model.roi_heads.pooler_resolution=7", "model.roi_heads.sampling_ratio=2",
-            "model.roi_heads.fc_dim=64"],
+    "c4": [
+        "model.arch=faster_rcnn_c4",
+        "model.backbone.name=resnet50",
+        "model.backbone.width_per_group=8",
+    ],
+    "vgg": [
+        "model.arch=faster_rcnn_vgg",
+        "model.backbone.name=vgg16",
+        "model.backbone.width_per_group=4",
+        "model.roi_heads.pooler_resolution=7",
+    ],
+    "fpn": [
+        "model.arch=faster_rcnn_fpn",
+        "model.backbone.name=resnet50",
+        "model.backbone.width_per_group=8",
+        "model.backbone.stride_in_1x1=false",
+        "model.anchors.sizes=[[16],[32],[64],[128],[256]]",
+        "model.fpn.out_channels=32",
+        "model.roi_heads.pooler_resolution=7",
+        "model.roi_heads.sampling_ratio=2",
+        "model.roi_heads.fc_dim=64",
+    ],
 }
-COMMON = ["task=det", "model.num_classes=3", "model.input.min_size_test=96",
-          "model.input.max_size_test=128", "model.rpn.pre_nms_topk_test=300",
-          "model.rpn.post_nms_topk_test=100", "model.rpn.pre_nms_topk_train=600",
-          "model.rpn.post_nms_topk_train=200", "model.roi_heads.batch_size_per_image=64"]
+COMMON = [
+    "task=det",
+    "model.num_classes=3",
+    "model.input.min_size_test=96",
+    "model.input.max_size_test=128",
+    "model.rpn.pre_nms_topk_test=300",
+    "model.rpn.post_nms_topk_test=100",
+    "model.rpn.pre_nms_topk_train=600",
+    "model.rpn.post_nms_topk_train=200",
+    "model.roi_heads.batch_size_per_image=64",
+]
 
 
 def tiny_detector(family: str, *extra: str) -> FasterRCNN:
@@ -39,13 +59,16 @@ def batch(empty: bool = False) -> tuple[torch.Tensor, list[dict]]:
     images = torch.zeros(2, 3, 96, 128)
     images[0] = torch.rand(3, 96, 128, generator=gen)
     images[1, :, :64, :96] = torch.rand(3, 64, 96, generator=gen)
-    boxes = [torch.tensor([[10.0, 12, 60, 70], [40, 30, 120, 90]]), torch.tensor([[5.0, 5, 40, 50]])]
+    boxes = [
+        torch.tensor([[10.0, 12, 60, 70], [40, 30, 120, 90]]),
+        torch.tensor([[5.0, 5, 40, 50]]),
+    ]
     classes = [torch.tensor([1, 3]), torch.tensor([2])]
     if empty:
         boxes, classes = [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.int64)] * 2
     targets = [
         {"gt_boxes": b, "gt_classes": c, "image_size": s, "image_id": i}
-        for i, (b, c, s) in enumerate(zip(boxes, classes, [(96, 128), (64, 96)]))
+        for i, (b, c, s) in enumerate(zip(boxes, classes, [(96, 128), (64, 96)], strict=True))
     ]
     return images, targets
 
@@ -73,7 +96,10 @@ def test_empty_images_give_zero_box_losses() -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     # one empty image beside one with objects
     images, targets = batch()
-    targets[1]["gt_boxes"], targets[1]["gt_classes"] = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+    targets[1]["gt_boxes"], targets[1]["gt_classes"] = (
+        torch.zeros(0, 4),
+        torch.zeros(0, dtype=torch.int64),
+    )
     assert all(torch.isfinite(v) for v in model.losses(images, targets).values())
 
 
@@ -83,27 +109,39 @@ def test_frozen_trunk_and_state_dict_layout(tmp_path: Path) -> None:
     cls = build_classifier("resnet50", num_classes=10, width_per_group=8)
     path = tmp_path / "cls.pth"
     torch.save({"model": cls.state_dict(), "config": {}}, path)
-    model = tiny_detector("c4", f"model.backbone.weights={path}", "model.backbone.norm=FrozenBN",
-                          "model.backbone.freeze_at=2")
+    model = tiny_detector(
+        "c4",
+        f"model.backbone.weights={path}",
+        "model.backbone.norm=FrozenBN",
+        "model.backbone.freeze_at=2",
+    )
     torch.testing.assert_close(model.backbone.layer4[0].conv1.weight, cls.layer4[0].conv1.weight)
-    torch.testing.assert_close(model.backbone.layer3[1].bn2.running_var, cls.layer3[1].bn2.running_var)
+    torch.testing.assert_close(
+        model.backbone.layer3[1].bn2.running_var, cls.layer3[1].bn2.running_var
+    )
     assert model.roi_heads.box_head.res5 is model.backbone.layer4  # one module, used by the head
     keys = list(model.state_dict())
     assert not any(k.startswith("roi_heads.box_head") for k in keys)
     ptrs = [t.data_ptr() for t in model.state_dict().values() if t.numel()]
     assert len(ptrs) == len(set(ptrs)), "duplicated tensors in the state dict"
-    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")}
+    trainable = {
+        n.split(".")[1]
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith("backbone.")
+    }
     assert trainable == {"layer2", "layer3", "layer4"}
 
 
 @pytest.mark.parametrize("pooler", ["ROIAlign", "ROIPool"])
 def test_c4_poolers_run_and_inference_boxes_lie_inside_images(pooler: str) -> None:
-    model = tiny_detector("c4", f"model.roi_heads.pooler={pooler}", "model.roi_heads.score_thresh_test=0.0")
+    model = tiny_detector(
+        "c4", f"model.roi_heads.pooler={pooler}", "model.roi_heads.score_thresh_test=0.0"
+    )
     images, targets = batch()
     assert all(torch.isfinite(v) for v in model.train().losses(images, targets).values())
     dets = model.inference(images, [t["image_size"] for t in targets])
     assert model.training  # inference switches to eval mode and back
-    for det, (h, w) in zip(dets, [(96, 128), (64, 96)]):
+    for det, (h, w) in zip(dets, [(96, 128), (64, 96)], strict=True):
         assert len(det["boxes"]) > 0 and len(det["boxes"]) <= 100
         b = det["boxes"]
         assert (b >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
@@ -118,7 +156,7 @@ def test_predict_maps_boxes_and_labels_back(family: str) -> None:
     gen = torch.Generator().manual_seed(5)
     images = [torch.rand(3, 150, 200, generator=gen), torch.rand(3, 40, 70, generator=gen)]
     dets = model.predict(images)
-    for det, img in zip(dets, images):
+    for det, img in zip(dets, images, strict=True):
         h, w = img.shape[-2:]
         assert len(det["boxes"]) > 0
         b = det["boxes"]
@@ -133,15 +171,23 @@ def test_normalize_keeps_padding_zero() -> None:
     images, targets = batch()
     x = model.normalize(images, [t["image_size"] for t in targets])
     assert (x[1, :, 64:, :] == 0).all() and (x[1, :, :, 96:] == 0).all()
-    torch.testing.assert_close(x[0, :, 0, 0], (images[0, :, 0, 0] - model.pixel_mean[:, 0, 0]) / model.pixel_std[:, 0, 0])
+    torch.testing.assert_close(
+        x[0, :, 0, 0], (images[0, :, 0, 0] - model.pixel_mean[:, 0, 0]) / model.pixel_std[:, 0, 0]
+    )
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     model = tiny_detector("vgg")
     model.set_classes(["a", "b", "c"], [3, 5, 9])
     path = tmp_path / "det.pth"
-    torch.save({"model": model.state_dict(), "class_names": model.class_names,
-                "category_ids": model.category_ids}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "class_names": model.class_names,
+            "category_ids": model.category_ids,
+        },
+        path,
+    )
     other = tiny_detector("vgg", f"model.weights={path}")
     assert other.category_ids == [3, 5, 9] and other.class_names == ["a", "b", "c"]
     for k, v in model.state_dict().items():

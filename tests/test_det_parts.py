@@ -32,7 +32,11 @@ def random_boxes(n: int, size: float = 100.0, gen: torch.Generator | None = None
     ("sizes", "padded", "feature_sizes"),
     [
         ([[32, 64, 128, 256, 512]], (128, 160), [(8, 10)]),  # C4, stride 16
-        ([[32], [64], [128], [256], [512]], (224, 256), [(56, 64), (28, 32), (14, 16), (7, 8), (4, 4)]),
+        (
+            [[32], [64], [128], [256], [512]],
+            (224, 256),
+            [(56, 64), (28, 32), (14, 16), (7, 8), (4, 4)],
+        ),
     ],
 )
 def test_anchors_match_torchvision(sizes, padded, feature_sizes) -> None:
@@ -42,7 +46,9 @@ def test_anchors_match_torchvision(sizes, padded, feature_sizes) -> None:
     feats = [torch.zeros(2, 4, h, w) for h, w in feature_sizes]
     ref = tv(ImageList(torch.zeros(2, 3, *padded), [padded, padded]), feats)
     got = ours(feats, padded)
-    assert [len(a) for a in got] == [h * w * 3 * len(s) for (h, w), s in zip(feature_sizes, sizes)]
+    assert [len(a) for a in got] == [
+        h * w * 3 * len(s) for (h, w), s in zip(feature_sizes, sizes, strict=True)
+    ]
     for img_anchors in ref:
         torch.testing.assert_close(torch.cat(got), img_anchors, rtol=0, atol=0)
     assert ours(feats, padded)[0] is got[0]  # cached
@@ -62,7 +68,9 @@ def test_box_coder_matches_torchvision_and_round_trips() -> None:
         got = ours.decode(codes.view(50, 3, 4), boxes[:, None, :])
         torch.testing.assert_close(got, ref, rtol=0, atol=0)
     # the clamp at log(1000/16) keeps huge deltas finite
-    big = BoxCoder().decode(torch.tensor([[0.0, 0.0, 50.0, 50.0]]), torch.tensor([[0.0, 0, 10, 10]]))
+    big = BoxCoder().decode(
+        torch.tensor([[0.0, 0.0, 50.0, 50.0]]), torch.tensor([[0.0, 0, 10, 10]])
+    )
     assert torch.isfinite(big).all()
     assert big[0, 2] - big[0, 0] == pytest.approx(10 * 1000 / 16, rel=1e-4)
     assert BoxCoder().scale_clamp == pytest.approx(math.log(1000 / 16))
@@ -131,28 +139,41 @@ def test_rpn_proposals_match_torchvision() -> None:
     sizes = ((32,), (64,))
     tv_gen = TVAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 2)
     tv = RegionProposalNetwork(
-        tv_gen, RPNHead(8, 3), 0.7, 0.3, 256, 0.5,
-        dict(training=2000, testing=150), dict(training=2000, testing=60), 0.7,
+        tv_gen,
+        RPNHead(8, 3),
+        0.7,
+        0.3,
+        256,
+        0.5,
+        dict(training=2000, testing=150),
+        dict(training=2000, testing=60),
+        0.7,
     ).eval()
     with torch.no_grad():
         for p in tv.head.parameters():
             p.normal_(0, 0.5)
     ours = RPN(
-        in_channels=8, anchor_generator=AnchorGenerator(sizes=[[32], [64]]),
-        pre_nms_topk_test=150, post_nms_topk_test=60,
+        in_channels=8,
+        anchor_generator=AnchorGenerator(sizes=[[32], [64]]),
+        pre_nms_topk_test=150,
+        post_nms_topk_test=60,
     )
-    ours.head.load_state_dict({
-        "conv.weight": tv.head.conv[0][0].weight, "conv.bias": tv.head.conv[0][0].bias,
-        "objectness_logits.weight": tv.head.cls_logits.weight,
-        "objectness_logits.bias": tv.head.cls_logits.bias,
-        "anchor_deltas.weight": tv.head.bbox_pred.weight, "anchor_deltas.bias": tv.head.bbox_pred.bias,
-    })
+    ours.head.load_state_dict(
+        {
+            "conv.weight": tv.head.conv[0][0].weight,
+            "conv.bias": tv.head.conv[0][0].bias,
+            "objectness_logits.weight": tv.head.cls_logits.weight,
+            "objectness_logits.bias": tv.head.cls_logits.bias,
+            "anchor_deltas.weight": tv.head.bbox_pred.weight,
+            "anchor_deltas.bias": tv.head.bbox_pred.bias,
+        }
+    )
     feats = {"a": torch.randn(2, 8, 16, 20), "b": torch.randn(2, 8, 8, 10)}
     image_sizes = [(128, 160), (100, 120)]
     with torch.no_grad():
         ref, _ = tv(ImageList(torch.zeros(2, 3, 128, 160), image_sizes), feats)
         got = ours.proposals(ours(list(feats.values()), (128, 160)), image_sizes, training=False)
-    for r, g, (h, w) in zip(ref, got, image_sizes):
+    for r, g, (h, w) in zip(ref, got, image_sizes, strict=True):
         assert len(r) == len(g) > 0
         torch.testing.assert_close(g, r)
         assert (g[:, 2] <= w).all() and (g[:, 3] <= h).all() and (g >= 0).all()

@@ -245,3 +245,15 @@ def test_cli_runs_as_a_script(tmp_path: Path) -> None:
                         "--results", str(res)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "mAP@[.5,.95]" in p.stdout
+
+
+def test_report_json_and_table(tmp_path: Path) -> None:
+    from detres.evaluation import format_table, write_metrics
+
+    r = {"per_class": {"dog": {"AP@.5": np.float64(0.5), "AP@[.5,.95]": float("nan")}},
+         "mAP@[.5,.95]": 0.25, "mAP@.5": 0.5, "inference_s_per_image": 0.125}
+    m = json.loads(write_metrics(r, tmp_path / "m.json").read_text())
+    assert list(m) == ["mAP@.5", "mAP@[.5,.95]", "per_class", "inference_s_per_image"]
+    assert m["per_class"]["dog"] == {"AP@.5": 0.5, "AP@[.5,.95]": None}
+    table = format_table(r, published={"mAP@.5": 48.4})
+    assert "50.0" in table and "+1.6" in table and "0.125" in table and "12.5" not in table

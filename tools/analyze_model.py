@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=None, help="default: 1000, CIFAR nets 10")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("overrides", nargs="*", help="builder options as key=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     try:
         report = analyze(
             args.name, args.input_size, args.num_classes, parse_overrides(args.overrides)

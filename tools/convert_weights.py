@@ -31,11 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--src", type=Path, required=True, help="torchvision state dict (.pth)")
     p.add_argument("--out", type=Path, required=True, help="detres checkpoint to write")
-    p.add_argument("--cfg", default=None,
-                   help="detres config (default: coco_r50_fpn.yaml if present, else torchvision's "
-                   "settings from detres.modeling.convert)")
-    p.add_argument("--src-bn-eps", type=float, default=0.0,
-                   help="BatchNorm eps the weights expect: 0.0 for torchvision's COCO_V1 weights")
+    p.add_argument(
+        "--cfg",
+        default=None,
+        help="detres config (default: coco_r50_fpn.yaml if present, else torchvision's "
+        "settings from detres.modeling.convert)",
+    )
+    p.add_argument(
+        "--src-bn-eps",
+        type=float,
+        default=0.0,
+        help="BatchNorm eps the weights expect: 0.0 for torchvision's COCO_V1 weights",
+    )
     args = p.parse_args(argv)
 
     if not args.src.is_file():
@@ -60,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({len(ckpt['model'])} tensors, config {cfg_name or 'torchvision defaults'})")
+    source = cfg_name or "torchvision defaults"
+    print(f"wrote {args.out} ({len(ckpt['model'])} tensors, config: {source})")
     return 0
 
 

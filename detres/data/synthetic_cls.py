@@ -148,57 +148,92 @@ def _colours_far_from(base: np.ndarray, min_dist: float, rng: np.random.Generato
     return out
 
 
-def _draw_objects(img: np.ndarray, pairs: list[tuple[str, str]], radius: tuple[float, float],
-                  spec: SynthClsSpec, opacity: tuple[float, float],
+def _windows(img: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+             half: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Writable (n, 3, W, W) window views of ``img`` and their corners ``x0``, ``y0``: per
+    image a square of side W covering ``[c - half, c + half]``, clipped to the image."""
+    n, s = img.shape[:2]
+    w = min(s, int(np.ceil(2 * half)) + 2)
+    x0 = np.clip(np.floor(cx - half).astype(np.int64), 0, s - w)
+    y0 = np.clip(np.floor(cy - half).astype(np.int64), 0, s - w)
+    # (n, s-W+1, s-W+1, 3, W, W) view; each image is indexed once, so writes do not overlap
+    view = np.lib.stride_tricks.sliding_window_view(img, (w, w), axis=(1, 2), writeable=True)
+    return view, x0, y0
+
+
+def _blend(view: np.ndarray, x0: np.ndarray, y0: np.ndarray, patch: np.ndarray,
+           alpha: np.ndarray, colour: np.ndarray) -> None:
+    """window = patch + alpha * (colour - patch), with patch (n,W,W,3) and alpha (n,W,W)."""
+    out = patch + alpha[..., None] * (colour - patch)
+    view[np.arange(len(x0)), y0, x0] = out.transpose(0, 3, 1, 2)
+
+
+def _patch(view: np.ndarray, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+    return view[np.arange(len(x0)), y0, x0].transpose(0, 2, 3, 1)  # (n, W, W, 3) copy
+
+
+def _draw_objects(img: np.ndarray, cls_idx: np.ndarray, spec: SynthClsSpec,
+                  radius: tuple[float, float], opacity: tuple[float, float],
                   rng: np.random.Generator) -> None:
-    """Composite one object per image (``pairs[i]`` = (shape, texture)) onto img in place."""
+    """Composite one object of class ``cls_idx[i]`` onto each image, in place."""
     n, s = img.shape[0], spec.image_size
-    r = (rng.uniform(*radius, n) * s).astype(np.float32)[:, None, None]
-    cx = rng.uniform(0, 1, n).astype(np.float32)[:, None, None] * (s - 1.6 * r) + 0.8 * r
-    cy = rng.uniform(0, 1, n).astype(np.float32)[:, None, None] * (s - 1.6 * r) + 0.8 * r
-    th = np.deg2rad(rng.uniform(-spec.max_rotation, spec.max_rotation, n)).astype(np.float32)
-    cos, sin = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
-    period = rng.uniform(*spec.period, n).astype(np.float32)[:, None, None]
-    phase = rng.uniform(0, 1, n).astype(np.float32)[:, None, None] * period
-    alpha = rng.uniform(*opacity, n).astype(np.float32)[:, None, None]
-    bg_mean = img.reshape(n, -1, 3).mean(axis=1)
-    col_a = _colours_far_from(bg_mean, spec.contrast, rng)
+    r = rng.uniform(*radius, n) * s
+    cx = rng.uniform(0, 1, n) * (s - 1.6 * r) + 0.8 * r
+    cy = rng.uniform(0, 1, n) * (s - 1.6 * r) + 0.8 * r
+    th = np.deg2rad(rng.uniform(-spec.max_rotation, spec.max_rotation, n))
+    period = rng.uniform(*spec.period, n)
+    phase = rng.uniform(0, 1, n) * period
+    alpha = rng.uniform(*opacity, n)
+    # Every shape lies within 1.14 radii of its centre (the square's corners), + 1 px of edge.
+    view, x0, y0 = _windows(img, cx, cy, 1.14 * radius[1] * s + 1)
+    patch = _patch(view, x0, y0)
+    w = patch.shape[1]
+    col_a = _colours_far_from(patch.mean(axis=(1, 2)), spec.contrast, rng)  # vs surroundings
     col_b = _colours_far_from(col_a, spec.contrast, rng)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
-    dx, dy = xx[None] - cx, yy[None] - cy
-    x, y = dx * cos + dy * sin, -dx * sin + dy * cos  # object frame, px
-    mask = np.zeros((n, s, s), np.float32)
-    tex = np.zeros((n, s, s), np.float32)
-    for key in sorted(set(pairs)):
-        sel = np.array([p == key for p in pairs])
-        d = _sdf(key[0], x[sel] / r[sel], y[sel] / r[sel]) * r[sel]  # px
+    f32 = np.float32
+    grid = np.arange(w, dtype=f32) + 0.5
+    dx = (x0[:, None] + grid - cx[:, None]).astype(f32)[:, None, :]  # (n, 1, W)
+    dy = (y0[:, None] + grid - cy[:, None]).astype(f32)[:, :, None]  # (n, W, 1)
+    cos, sin = np.cos(th).astype(f32)[:, None, None], np.sin(th).astype(f32)[:, None, None]
+    x, y = dx * cos + dy * sin, -dx * sin + dy * cos  # object frame, px, (n, W, W)
+    r3 = r.astype(f32)[:, None, None]
+    mask = np.empty((n, w, w), f32)
+    tex = np.empty((n, w, w), f32)
+    for k in np.unique(cls_idx):
+        shape, texture = spec.classes[k]
+        sel = cls_idx == k
+        d = _sdf(shape, x[sel] / r3[sel], y[sel] / r3[sel]) * r3[sel]  # px
         mask[sel] = np.clip(0.5 - d, 0.0, 1.0)  # ~1 px anti-aliased edge
-        tex[sel] = _texture(key[1], x[sel], y[sel], period[sel], phase[sel])
-    colour = tex[..., None] * col_a[:, None, None] + (1 - tex[..., None]) * col_b[:, None, None]
-    a = (mask * alpha)[..., None]
-    img *= 1 - a
-    img += a * colour
+        tex[sel] = _texture(texture, x[sel], y[sel], period[sel, None, None].astype(f32),
+                            phase[sel, None, None].astype(f32))
+    t = tex[..., None]
+    colour = col_b[:, None, None] + t * (col_a - col_b)[:, None, None]
+    _blend(view, x0, y0, patch, mask * alpha.astype(f32)[:, None, None], colour)
 
 
 def _draw_strokes(img: np.ndarray, count: int, rng: np.random.Generator) -> None:
-    """Thin, semi-transparent random line segments (background clutter), in place."""
+    """Short, thin, semi-transparent random line segments (background clutter), in place."""
     n, s = img.shape[:2]
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
+    f32 = np.float32
     for _ in range(count):
-        p0 = rng.uniform(0, s, (n, 2)).astype(np.float32)
-        p1 = p0 + rng.normal(0, s / 3, (n, 2)).astype(np.float32)
-        width = rng.uniform(0.4, 1.2, n).astype(np.float32)[:, None, None]
-        alpha = rng.uniform(0.25, 0.6, n).astype(np.float32)[:, None, None]
-        col = rng.uniform(0, 255, (n, 3)).astype(np.float32)
-        d = p1 - p0
-        px, py = xx[None] - p0[:, 0, None, None], yy[None] - p0[:, 1, None, None]
-        t = (px * d[:, 0, None, None] + py * d[:, 1, None, None]) / np.maximum(
-            (d**2).sum(1), 1e-6)[:, None, None]
-        t = np.clip(t, 0, 1)
-        dist = np.hypot(px - t * d[:, 0, None, None], py - t * d[:, 1, None, None])
-        a = (np.clip(width + 0.5 - dist, 0, 1) * alpha)[..., None]
-        img *= 1 - a
-        img += a * col[:, None, None]
+        p0 = rng.uniform(0, s, (n, 2))
+        ang = rng.uniform(0, 2 * np.pi, n)
+        length = rng.uniform(s / 8, s / 3, n)
+        d = np.stack([np.cos(ang), np.sin(ang)], 1) * length[:, None]
+        width = rng.uniform(0.4, 1.2, n).astype(f32)[:, None, None]
+        alpha = rng.uniform(0.25, 0.6, n).astype(f32)[:, None, None]
+        col = rng.uniform(0, 255, (n, 3)).astype(f32)[:, None, None]
+        mid = p0 + d / 2
+        view, x0, y0 = _windows(img, mid[:, 0], mid[:, 1], s / 6 + 2)
+        grid = np.arange(view.shape[-1], dtype=f32) + 0.5
+        px = (x0[:, None] + grid - p0[:, :1]).astype(f32)[:, None, :]  # (n, 1, W)
+        py = (y0[:, None] + grid - p0[:, 1:]).astype(f32)[:, :, None]  # (n, W, 1)
+        ux, uy = (d[:, 0] / length).astype(f32), (d[:, 1] / length).astype(f32)
+        ux, uy = ux[:, None, None], uy[:, None, None]
+        along = np.clip(px * ux + py * uy, 0, length.astype(f32)[:, None, None])
+        dist = np.hypot(px - along * ux, py - along * uy)
+        _blend(view, x0, y0, _patch(view, x0, y0), np.clip(width + 0.5 - dist, 0, 1) * alpha,
+               col)
 
 
 def render(spec: SynthClsSpec, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -210,13 +245,12 @@ def render(spec: SynthClsSpec, labels: np.ndarray, rng: np.random.Generator) -> 
     ang = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
     yy, xx = (np.mgrid[0:s, 0:s].astype(np.float32) + 0.5) / s - 0.5
     t = (xx[None] * np.cos(ang)[:, None, None] + yy[None] * np.sin(ang)[:, None, None]) + 0.5
-    img = c0[:, None, None] * (1 - t[..., None]) + c1[:, None, None] * t[..., None]
+    img = c0[:, None, None] + t[..., None] * (c1 - c0)[:, None, None]
     _draw_strokes(img, spec.clutter, rng)
     for _ in range(spec.distractors):
-        idx = rng.integers(0, len(spec.classes), n)
-        _draw_objects(img, [spec.classes[i] for i in idx], spec.distractor_radius, spec,
-                      (0.35, 0.7), rng)
-    _draw_objects(img, [spec.classes[i] for i in labels], spec.radius, spec, spec.opacity, rng)
+        _draw_objects(img, rng.integers(0, len(spec.classes), n), spec,
+                      spec.distractor_radius, (0.35, 0.7), rng)
+    _draw_objects(img, labels, spec, spec.radius, spec.opacity, rng)
     sigma = rng.uniform(*spec.noise, n).astype(np.float32)[:, None, None, None]
     img += rng.standard_normal(img.shape, dtype=np.float32) * sigma
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
@@ -268,14 +302,17 @@ def write_set(spec: SynthClsSpec, out: Path) -> None:
     names = spec.class_names()
     for split in SPLITS:
         images, labels = render_split(spec, split)
-        for cls in names:
-            (out / split / cls).mkdir(parents=True, exist_ok=True)
-        for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
-            path = out / split / names[lab] / f"{i:05d}.png"
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        bgr = np.ascontiguousarray(images[..., ::-1])  # OpenCV writes BGR
+        dirs = [str(out / split / cls) for cls in names]
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+        for i, lab in enumerate(labels.tolist()):
+            path = os.path.join(dirs[lab], f"{i:05d}.png")
+            ok, buf = cv2.imencode(".png", bgr[i])
             if not ok:
                 raise OSError(f"cannot encode synthetic image {path}")
-            path.write_bytes(buf.tobytes())
+            with open(path, "wb") as f:
+                f.write(buf)
     manifest = {"generator": spec.name, "version": FORMAT_VERSION, "seed": spec.seed,
                 "classes": names, "counts": _expected_counts(spec), "spec": spec.to_json()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -330,6 +367,7 @@ def generate_synthetic_cls(
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=root))
         try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private
             write_set(spec, tmp)
             if target.exists():  # stale or partial: move aside, then swap in the new set
                 old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.old-", dir=root))

@@ -109,7 +109,7 @@ class DetectionEvaluator(Evaluator):
     def reset(self) -> None:
         self._predictions: list[Prediction] = []
 
-    def process(self, predictions: Iterable[Mapping[str, Any]]) -> None:  # type: ignore[override]
+    def process(self, predictions: Iterable[Mapping[str, Any]]) -> None:
         """Add a batch of per-image prediction dicts (see the module docstring)."""
         self._predictions.extend(as_prediction(p) for p in predictions)
 

@@ -29,7 +29,7 @@ class ClassificationEvaluator(Evaluator):
         self._ids: list[np.ndarray] | None = None
 
     @torch.no_grad()
-    def process(self, logits: torch.Tensor, labels: torch.Tensor,  # type: ignore[override]
+    def process(self, logits: torch.Tensor, labels: torch.Tensor,
                 ids: torch.Tensor | Sequence[int] | None = None) -> None:
         """Add a batch: ``logits`` (N, C), ``labels`` (N,) class indices, optional ``ids`` (N,)."""
         if logits.ndim != 2 or labels.shape != logits.shape[:1]:

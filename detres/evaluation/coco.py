@@ -151,7 +151,7 @@ def evaluate_coco_results(coco_gt: COCO | str | os.PathLike[str],
             results = json.loads(Path(results).read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{source}: not valid JSON: {e}") from None
-    check_coco_results(results, coco_gt, source)  # type: ignore[arg-type]
+    check_coco_results(results, coco_gt, source)
     with quiet_pycocotools():
         if results:
             coco_dt = coco_gt.loadRes(results)

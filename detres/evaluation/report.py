@@ -1,11 +1,13 @@
-"""Results output: ``metrics.json`` (fractions in [0, 1]) and a readable table (percent), with
-published figures beside ours when a config records them."""
+"""Results output: ``metrics.json`` (fractions in [0, 1]) and a readable table (AP, AR and
+accuracies in percent; other numbers as they are), with published figures beside ours when a
+config records them."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,14 +48,18 @@ def write_metrics(results: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     return path
 
 
-def _pct(v: Any) -> str:
+#: Keys whose values are fractions, shown in percent (mAP@.5, AP50, ARs, top1, top5_err, ...).
+PERCENT_KEY = re.compile(r"^(mAP|AP|AR|top\d)")
+
+
+def _pct(v: Any, percent: bool = True) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     if isinstance(v, bool) or not isinstance(v, int | float | np.number):
         return str(v)
     if isinstance(v, int | np.integer):
         return str(v)
-    return f"{100.0 * float(v):.1f}"
+    return f"{100.0 * float(v):.1f}" if percent else f"{float(v):.4g}"
 
 
 def format_table(results: Mapping[str, Any], *, published: Mapping[str, float] | None = None,
@@ -73,7 +79,7 @@ def format_table(results: Mapping[str, Any], *, published: Mapping[str, float] |
     lines.append(header)
     for k in keys:
         v = results.get(k)
-        row = f"{k:<{width}}{_pct(v):>8}"
+        row = f"{k:<{width}}{_pct(v, bool(PERCENT_KEY.match(k))):>8}"
         if published:
             pub = published.get(k)
             diff = "-"

@@ -137,7 +137,8 @@ def _read_result_dir(path: Path, split: str, image_index: dict[str, int],
         img = _lookup_images([p[0] for _, p in lines], image_index, where, split)
         cls_idx = np.full(len(img), list(class_names).index(cls), np.int64)
         out.append((img, cls_idx, values[:, 0], values[:, 1:]))
-    return tuple(np.concatenate([o[i] for o in out]) for i in range(4))  # type: ignore[return-value]
+    img, cls, scores, boxes = zip(*out, strict=True)
+    return np.concatenate(img), np.concatenate(cls), np.concatenate(scores), np.concatenate(boxes)
 
 
 def _read_result_json(path: Path, split: str, image_index: dict[str, int],

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from detres.config import BackboneCfg
 from detres.modeling.backbones import BACKBONES, Backbone, ShapeSpec, build_by_name
 from detres.modeling.backbones.weights import load_weights
@@ -24,7 +22,7 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-def build_classifier(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
+def build_classifier(name: str, num_classes: int = 1000, **overrides: Any) -> Backbone:
     """Backbone ``name`` with a ``num_classes``-way head (``0``: no head; ``forward`` then
     returns pooled features). ``overrides`` are the builder's keyword options, e.g.
     ``stride_in_1x1=False`` (torchvision v1.5), ``shortcut="A"``, ``width_per_group=16``."""

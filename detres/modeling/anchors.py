@@ -60,7 +60,11 @@ class AnchorGenerator(nn.Module):
         return [len(s) * len(self.aspect_ratios) for s in self.sizes]
 
     def grid_anchors(
-        self, level: int, grid_hw: tuple[int, int], stride_hw: tuple[int, int], device: torch.device,
+        self,
+        level: int,
+        grid_hw: tuple[int, int],
+        stride_hw: tuple[int, int],
+        device: torch.device,
         dtype: torch.dtype,
     ) -> Tensor:
         """Anchors ``(Hi * Wi * A, 4)`` of one level, ordered (y, x, anchor)."""

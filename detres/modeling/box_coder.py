@@ -27,7 +27,9 @@ class BoxCoder:
         scale_clamp: float = DEFAULT_SCALE_CLAMP,
     ) -> None:
         if len(weights) != 4:
-            raise ValueError(f"box coder weights must have 4 values (wx, wy, ww, wh), got {weights}")
+            raise ValueError(
+                f"box coder weights must have 4 values (wx, wy, ww, wh), got {weights}"
+            )
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = scale_clamp
 

@@ -12,9 +12,7 @@ from torch import Tensor
 from torchvision.ops import boxes as box_ops
 
 
-def image_sizes_tensor(
-    image_sizes: list[tuple[int, int]] | Tensor, device: torch.device
-) -> Tensor:
+def image_sizes_tensor(image_sizes: list[tuple[int, int]] | Tensor, device: torch.device) -> Tensor:
     """``(N, 2)`` int64 tensor of ``(h, w)`` from a list of pairs or a tensor."""
     t = torch.as_tensor(image_sizes, dtype=torch.int64, device=device)
     if t.dim() != 2 or t.shape[1] != 2:
@@ -50,14 +48,14 @@ def batched_iou(gt_boxes: Tensor, boxes: Tensor) -> Tensor:
     """
     if boxes.dim() == 2:
         boxes = boxes.unsqueeze(0)
-    area1 = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])
-    area2 = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    lt = torch.maximum(gt_boxes[:, :, None, :2], boxes[:, None, :, :2])  # (N, M, P, 2)
-    rb = torch.minimum(gt_boxes[:, :, None, 2:], boxes[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    return inter / union
+    g, b = gt_boxes[:, :, None, :], boxes[:, None, :, :]  # (N, M, 1, 4), (N, 1, P, 4)
+    area1 = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
+    area2 = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    # x and y separately: no (N, M, P, 2) temporaries on large anchor sets
+    iw = (torch.minimum(g[..., 2], b[..., 2]) - torch.maximum(g[..., 0], b[..., 0])).clamp_(min=0)
+    ih = (torch.minimum(g[..., 3], b[..., 3]) - torch.maximum(g[..., 1], b[..., 1])).clamp_(min=0)
+    inter = iw.mul_(ih)  # (N, M, P)
+    return inter / (area1 + area2 - inter)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:

@@ -127,7 +127,9 @@ def convert_torchvision_frcnn(
     idx = torch.tensor(keep)
     w = out[pred + "bbox_pred.weight"]
     out[pred + "bbox_pred.weight"] = w.view(num_tv, 4, -1)[idx].reshape(-1, w.shape[1]).clone()
-    out[pred + "bbox_pred.bias"] = out[pred + "bbox_pred.bias"].view(num_tv, 4)[idx].reshape(-1).clone()
+    out[pred + "bbox_pred.bias"] = (
+        out[pred + "bbox_pred.bias"].view(num_tv, 4)[idx].reshape(-1).clone()
+    )
     _fold_bn_eps(out, src_bn_eps, dst_bn_eps)
     return out
 
@@ -146,7 +148,9 @@ def torchvision_frcnn_checkpoint(
     cfg.model.weights = cfg.model.backbone.weights = ""  # the checkpoint holds every weight
     ids, names = coco_layout()
     if cfg.model.num_classes != len(ids):
-        raise ValueError(f"model.num_classes is {cfg.model.num_classes}; COCO weights have {len(ids)}")
+        raise ValueError(
+            f"model.num_classes is {cfg.model.num_classes}; COCO weights have {len(ids)}"
+        )
     state = convert_torchvision_frcnn(state_dict, src_bn_eps=src_bn_eps)
     model = build_detector(cfg)
     try:

@@ -190,7 +190,10 @@ class FasterRCNN(nn.Module):
             scale = min(self.min_size_test / min(h, w), self.max_size_test / max(h, w))
             x = (img.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
             x = F.interpolate(
-                x[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                x[None],
+                scale_factor=scale,
+                mode="bilinear",
+                recompute_scale_factor=True,
                 align_corners=False,
             )[0]
             resized.append(x)
@@ -204,7 +207,7 @@ class FasterRCNN(nn.Module):
             batch[i, :, : x.shape[-2], : x.shape[-1]].copy_(x)
         dets = self._detect(batch, sizes)
         ids = torch.tensor(self.category_ids, device=batch.device)
-        for det, (h, w), (rh, rw) in zip(dets, orig, sizes):
+        for det, (h, w), (rh, rw) in zip(dets, orig, sizes, strict=True):
             ratio = torch.tensor([w, h, w, h], dtype=torch.float32) / torch.tensor(
                 [rw, rh, rw, rh], dtype=torch.float32
             )  # torchvision's resize_boxes arithmetic
@@ -225,7 +228,9 @@ def build_detector(cfg: Config) -> FasterRCNN:
     if m.arch not in ARCHS:
         raise ConfigError(f"key 'model.arch': {m.arch!r} is not a detector, one of {list(ARCHS)}")
     if m.num_classes < 1:
-        raise ConfigError(f"key 'model.num_classes': must be >= 1 (foreground classes), got {m.num_classes}")
+        raise ConfigError(
+            f"key 'model.num_classes': must be >= 1 (foreground classes), got {m.num_classes}"
+        )
     rh = m.roi_heads
     backbone = build_backbone(m.backbone, num_classes=0)
     shapes = backbone.output_shape()
@@ -243,8 +248,11 @@ def build_detector(cfg: Config) -> FasterRCNN:
         need("res4", "res5")
         feats, in_ch = ["res4"], shapes["res4"].channels
         pooler: nn.Module = SingleLevelPooler(
-            feature="res4", kind=rh.pooler, output_size=rh.pooler_resolution,
-            stride=shapes["res4"].stride, sampling_ratio=rh.sampling_ratio,
+            feature="res4",
+            kind=rh.pooler,
+            output_size=rh.pooler_resolution,
+            stride=shapes["res4"].stride,
+            sampling_ratio=rh.sampling_ratio,
         )
         box_head: nn.Module = Res5Head(backbone.stage_modules()["res5"])
         head_dim = shapes["res5"].channels
@@ -254,11 +262,15 @@ def build_detector(cfg: Config) -> FasterRCNN:
             raise ConfigError(f"key 'model.backbone.name': {m.backbone.name!r} has no fc6/fc7 head")
         if rh.pooler_resolution != 7:
             raise ConfigError(
-                f"key 'model.roi_heads.pooler_resolution': VGG-16's fc6 takes 7x7 RoIs, got {rh.pooler_resolution}"
+                "key 'model.roi_heads.pooler_resolution': VGG-16's fc6 takes 7x7 RoIs, "
+                f"got {rh.pooler_resolution}"
             )
         feats, in_ch = ["conv5_3"], shapes["conv5_3"].channels
         pooler = SingleLevelPooler(
-            feature="conv5_3", kind=rh.pooler, output_size=7, stride=shapes["conv5_3"].stride,
+            feature="conv5_3",
+            kind=rh.pooler,
+            output_size=7,
+            stride=shapes["conv5_3"].stride,
             sampling_ratio=rh.sampling_ratio,
         )
         box_head = VGGFCHead(backbone.fc_head())  # type: ignore[operator]
@@ -266,7 +278,9 @@ def build_detector(cfg: Config) -> FasterRCNN:
     else:
         need(*m.fpn.in_features)
         if rh.pooler != "ROIAlign":
-            raise ConfigError(f"key 'model.roi_heads.pooler': FPN pools with ROIAlign, got {rh.pooler!r}")
+            raise ConfigError(
+                f"key 'model.roi_heads.pooler': FPN pools with ROIAlign, got {rh.pooler!r}"
+            )
         feats = list(m.fpn.in_features)
         neck = FPN(input_shapes={k: shapes[k] for k in feats}, out_channels=m.fpn.out_channels)
         in_ch = m.fpn.out_channels
@@ -286,30 +300,51 @@ def build_detector(cfg: Config) -> FasterRCNN:
     r = m.rpn
     rpn = RPN(
         in_channels=in_ch,
-        anchor_generator=AnchorGenerator(sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios),
-        pre_nms_topk_train=r.pre_nms_topk_train, post_nms_topk_train=r.post_nms_topk_train,
-        pre_nms_topk_test=r.pre_nms_topk_test, post_nms_topk_test=r.post_nms_topk_test,
-        nms_thresh=r.nms_thresh, min_box_size=r.min_box_size,
-        batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
-        fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
-        bbox_reg_weights=r.bbox_reg_weights, smooth_l1_beta=r.smooth_l1_beta,
+        anchor_generator=AnchorGenerator(
+            sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios
+        ),
+        pre_nms_topk_train=r.pre_nms_topk_train,
+        post_nms_topk_train=r.post_nms_topk_train,
+        pre_nms_topk_test=r.pre_nms_topk_test,
+        post_nms_topk_test=r.post_nms_topk_test,
+        nms_thresh=r.nms_thresh,
+        min_box_size=r.min_box_size,
+        batch_size_per_image=r.batch_size_per_image,
+        positive_fraction=r.positive_fraction,
+        fg_iou_thresh=r.fg_iou_thresh,
+        bg_iou_thresh=r.bg_iou_thresh,
+        bbox_reg_weights=r.bbox_reg_weights,
+        smooth_l1_beta=r.smooth_l1_beta,
         loss_weight=r.loss_weight,
     )
     roi_heads = ROIHeads(
-        pooler=pooler, box_head=box_head,
+        pooler=pooler,
+        box_head=box_head,
         box_predictor=FastRCNNPredictor(in_features=head_dim, num_classes=m.num_classes),
         num_classes=m.num_classes,
-        batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
-        fg_iou_thresh=rh.fg_iou_thresh, bg_iou_thresh=rh.bg_iou_thresh,
-        bg_iou_thresh_lo=rh.bg_iou_thresh_lo, bbox_reg_weights=rh.bbox_reg_weights,
-        smooth_l1_beta=rh.smooth_l1_beta, score_thresh_test=rh.score_thresh_test,
-        nms_thresh_test=rh.nms_thresh_test, detections_per_image=rh.detections_per_image,
+        batch_size_per_image=rh.batch_size_per_image,
+        positive_fraction=rh.positive_fraction,
+        fg_iou_thresh=rh.fg_iou_thresh,
+        bg_iou_thresh=rh.bg_iou_thresh,
+        bg_iou_thresh_lo=rh.bg_iou_thresh_lo,
+        bbox_reg_weights=rh.bbox_reg_weights,
+        smooth_l1_beta=rh.smooth_l1_beta,
+        score_thresh_test=rh.score_thresh_test,
+        nms_thresh_test=rh.nms_thresh_test,
+        detections_per_image=rh.detections_per_image,
     )
     i = m.input
     model = FasterRCNN(
-        backbone=backbone, neck=neck, backbone_features=feats, rpn=rpn, roi_heads=roi_heads,
-        num_classes=m.num_classes, pixel_mean=i.pixel_mean, pixel_std=i.pixel_std,
-        min_size_test=i.min_size_test, max_size_test=i.max_size_test,
+        backbone=backbone,
+        neck=neck,
+        backbone_features=feats,
+        rpn=rpn,
+        roi_heads=roi_heads,
+        num_classes=m.num_classes,
+        pixel_mean=i.pixel_mean,
+        pixel_std=i.pixel_std,
+        min_size_test=i.min_size_test,
+        max_size_test=i.max_size_test,
         size_divisibility=i.size_divisibility,
     )
     if m.weights:
@@ -325,7 +360,9 @@ def load_detector_weights(model: FasterRCNN, path: str | Path) -> dict[str, Any]
         raise FileNotFoundError(f"detector weights {str(path)!r} not found (model.weights)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"detector weights {str(path)!r}: expected a dict, got {type(ckpt).__name__}")
+        raise ValueError(
+            f"detector weights {str(path)!r}: expected a dict, got {type(ckpt).__name__}"
+        )
     state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:

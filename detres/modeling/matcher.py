@@ -25,8 +25,12 @@ def pad_gt(gt_boxes: list[Tensor], device: torch.device) -> tuple[Tensor, Tensor
     counts = torch.tensor([len(b) for b in gt_boxes], device=device)
     m = int(counts.max()) if n else 0
     if m == 0:
-        return torch.zeros(n, 0, 4, device=device), torch.zeros(n, 0, dtype=torch.bool, device=device)
-    padded = pad_sequence([b.to(device=device, dtype=torch.float32) for b in gt_boxes], batch_first=True)
+        return torch.zeros(n, 0, 4, device=device), torch.zeros(
+            n, 0, dtype=torch.bool, device=device
+        )
+    padded = pad_sequence(
+        [b.to(device=device, dtype=torch.float32) for b in gt_boxes], batch_first=True
+    )
     valid = torch.arange(m, device=device)[None, :] < counts[:, None]
     return padded, valid
 
@@ -35,10 +39,16 @@ class Matcher:
     """IoU matcher over a batch: ``(N, M, P)`` quality -> ``(N, P)`` GT index or -1 / -2."""
 
     def __init__(
-        self, *, high_threshold: float, low_threshold: float, allow_low_quality_matches: bool = False
+        self,
+        *,
+        high_threshold: float,
+        low_threshold: float,
+        allow_low_quality_matches: bool = False,
     ) -> None:
         if low_threshold > high_threshold:
-            raise ValueError(f"matcher low_threshold {low_threshold} > high_threshold {high_threshold}")
+            raise ValueError(
+                f"matcher low_threshold {low_threshold} > high_threshold {high_threshold}"
+            )
         self.high_threshold = high_threshold
         self.low_threshold = low_threshold
         self.allow_low_quality_matches = allow_low_quality_matches
@@ -47,7 +57,9 @@ class Matcher:
         """Returns ``matches (N, P)`` int64 and the best IoU ``(N, P)`` (-1 with no GT)."""
         n, m, p = quality.shape
         if m == 0:
-            matches = torch.full((n, p), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=quality.device)
+            matches = torch.full(
+                (n, p), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=quality.device
+            )
             return matches, torch.full((n, p), -1.0, device=quality.device)
         quality = quality.masked_fill(~gt_valid[:, :, None], -1.0)  # padded GTs never win
         matched_vals, matches = quality.max(dim=1)  # (N, M, P) -> (N, P)

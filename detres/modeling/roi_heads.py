@@ -62,10 +62,17 @@ class SingleLevelPooler(nn.Module):
         if kind not in ("ROIAlign", "ROIPool"):
             raise ValueError(f"model.roi_heads.pooler: {kind!r} is not one of ROIAlign, ROIPool")
         self.feature, self.kind = feature, kind
-        self.output_size, self.scale, self.sampling_ratio = output_size, 1.0 / stride, sampling_ratio
+        self.output_size, self.scale, self.sampling_ratio = (
+            output_size,
+            1.0 / stride,
+            sampling_ratio,
+        )
 
     def forward(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
     ) -> Tensor:
         x = features[self.feature]
         if x.dtype in (torch.float16, torch.bfloat16):  # pool in float32, as autocast would
@@ -80,12 +87,17 @@ class SingleLevelPooler(nn.Module):
 class MultiLevelPooler(nn.Module):
     """torchvision's ``MultiScaleRoIAlign`` (FPN level assignment, ``aligned=False``)."""
 
-    def __init__(self, *, features: list[str], output_size: int = 7, sampling_ratio: int = 2) -> None:
+    def __init__(
+        self, *, features: list[str], output_size: int = 7, sampling_ratio: int = 2
+    ) -> None:
         super().__init__()
         self.pool = MultiScaleRoIAlign(features, output_size, sampling_ratio)
 
     def forward(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
     ) -> Tensor:
         sizes = [(int(h), int(w)) for h, w in image_sizes]
         dtype = next(iter(features.values())).dtype
@@ -103,7 +115,7 @@ class Res5Head(nn.Module):
         self.__dict__["res5"] = res5  # a reference: its parameters belong to the backbone
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.__dict__["res5"](x).mean(dim=(2, 3))  # (R, C5, 7, 7) -> (R, C5)
+        return self.res5(x).mean(dim=(2, 3))  # (R, C5, 7, 7) -> (R, C5)
 
 
 class VGGFCHead(nn.Module):
@@ -114,7 +126,7 @@ class VGGFCHead(nn.Module):
         self.__dict__["fc"] = fc  # a reference to the backbone's classifier layers
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.__dict__["fc"](x.flatten(1))  # (R, 512, 7, 7) -> (R, 25088) -> (R, 4096)
+        return self.fc(x.flatten(1))  # (R, 512, 7, 7) -> (R, 25088) -> (R, 4096)
 
 
 class TwoMLPHead(nn.Module):
@@ -181,7 +193,10 @@ class ROIHeads(nn.Module):
         self.detections_per_image = detections_per_image
 
     def predict_logits(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
     ) -> tuple[Tensor, Tensor]:
         """``pred_class_logits (R, K + 1)`` and ``pred_deltas (R, 4K)`` for the RoIs."""
         x = self.box_pooler(features, proposals, image_sizes)  # (R, C, S, S)
@@ -197,13 +212,16 @@ class ROIHeads(nn.Module):
         matched GT box of each ``(R, 4)`` (meaningful for foreground RoIs only).
         """
         n = len(proposals)
-        props = [torch.cat([p.float(), g.to(p.device).float()]) for p, g in zip(proposals, gt_boxes)]
+        props = [
+            torch.cat([p.float(), g.to(p.device).float()])
+            for p, g in zip(proposals, gt_boxes, strict=True)
+        ]
         counts = torch.tensor([len(p) for p in props], device=props[0].device)
         padded = pad_sequence(props, batch_first=True)  # (N, Pmax, 4)
         valid = torch.arange(padded.shape[1], device=padded.device)[None, :] < counts[:, None]
         matches, vals, gt = match_boxes(self.matcher, gt_boxes, padded, valid)  # (N, Pmax)
         if gt.shape[1] > 0:
-            cls = pad_sequence([c.to(padded.device) for c in gt_classes], batch_first=True)  # (N, M)
+            cls = pad_sequence([c.to(padded.device) for c in gt_classes], batch_first=True)
             labels = torch.gather(cls, 1, matches.clamp(min=0)).masked_fill(matches < 0, 0)
         else:
             labels = torch.zeros_like(matches)
@@ -237,7 +255,8 @@ class ROIHeads(nn.Module):
         fg = (labels > 0).nonzero(as_tuple=True)[0]
         with torch.no_grad():
             target = self.box_coder.encode(matched_gt[fg], torch.cat(rois)[fg])
-        pred = deltas.view(len(labels), self.num_classes, 4)[fg, labels[fg] - 1]  # (R, 4K) -> (R, K, 4)
+        deltas = deltas.view(len(labels), self.num_classes, 4)  # (R, 4K) -> (R, K, 4)
+        pred = deltas[fg, labels[fg] - 1]  # the deltas of each foreground RoI's own class
         loss_box = box_regression_loss(pred, target, self.smooth_l1_beta) / max(labels.numel(), 1)
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
@@ -255,7 +274,8 @@ class ROIHeads(nn.Module):
         r = logits.shape[0]
         scores = F.softmax(logits.float(), dim=-1)[:, 1:]  # (R, K + 1) -> (R, K) foreground
         boxes_in = torch.cat(proposals).float()
-        boxes = self.box_coder.decode(deltas.float().view(r, k, 4), boxes_in[:, None, :])  # (R, K, 4)
+        deltas = deltas.float().view(r, k, 4)  # (R, 4K) -> (R, K, 4)
+        boxes = self.box_coder.decode(deltas, boxes_in[:, None, :])  # (R, K, 4)
         img = torch.repeat_interleave(
             torch.arange(n, device=logits.device),
             torch.tensor([len(p) for p in proposals], device=logits.device),
@@ -272,5 +292,6 @@ class ROIHeads(nn.Module):
             split_by_image(boxes[kept], img[kept], n),
             split_by_image(scores[kept], img[kept], n),
             split_by_image(labels[kept], img[kept], n),
+            strict=True,
         )
         return [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in per_image]

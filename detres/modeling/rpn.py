@@ -101,18 +101,24 @@ class RPN(nn.Module):
         super().__init__()
         per_loc = anchor_generator.num_anchors_per_location()
         if len(set(per_loc)) != 1:
-            raise ValueError(f"the shared RPN head needs the same anchor count per level, got {per_loc}")
+            raise ValueError(
+                f"the shared RPN head needs the same anchor count per level, got {per_loc}"
+            )
         self.anchor_generator = anchor_generator
         self.head = RPNHead(in_channels=in_channels, num_anchors=per_loc[0])
         self.box_coder = BoxCoder(weights=bbox_reg_weights)
         self.matcher = Matcher(
-            high_threshold=fg_iou_thresh, low_threshold=bg_iou_thresh, allow_low_quality_matches=True
+            high_threshold=fg_iou_thresh,
+            low_threshold=bg_iou_thresh,
+            allow_low_quality_matches=True,
         )
         self.sampler = BalancedSampler(
             batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction
         )
-        self.topk = {True: (pre_nms_topk_train, post_nms_topk_train),
-                     False: (pre_nms_topk_test, post_nms_topk_test)}
+        self.topk = {
+            True: (pre_nms_topk_train, post_nms_topk_train),
+            False: (pre_nms_topk_test, post_nms_topk_test),
+        }
         self.nms_thresh = nms_thresh
         # torchvision drops boxes under 1e-3 px; Detectron2 (min size 0) drops empty ones.
         self.min_box_size = max(min_box_size, 1e-3)
@@ -135,7 +141,7 @@ class RPN(nn.Module):
         batch = torch.arange(n, device=device)[:, None]
         boxes, scores, levels = [], [], []
         for lvl, (anchors, logits, deltas) in enumerate(
-            zip(out.anchors, out.objectness_logits, out.pred_deltas)
+            zip(out.anchors, out.objectness_logits, out.pred_deltas, strict=True)
         ):
             k = min(pre_k, logits.shape[1])
             top_logits, idx = logits.float().topk(k, dim=1)  # (N, Ti) -> (N, k)

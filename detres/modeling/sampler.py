@@ -32,10 +32,14 @@ class BalancedSampler:
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
 
-    def __call__(self, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         positive = labels >= 1
         negative = labels == 0
-        num_pos = positive.sum(dim=1).clamp(max=int(self.batch_size_per_image * self.positive_fraction))
+        num_pos = positive.sum(dim=1).clamp(
+            max=int(self.batch_size_per_image * self.positive_fraction)
+        )
         num_neg = torch.minimum(negative.sum(dim=1), self.batch_size_per_image - num_pos)
         keys = torch.rand(labels.shape, device=labels.device, generator=generator)
         pos_mask = positive & (_rank_among(positive, keys) < num_pos[:, None])

@@ -34,6 +34,10 @@ class Backbone(nn.Module, ABC):
     stage_names: list[str]
     #: The classification layer's name; weight loading drops it when the classes differ.
     head_name: str = "fc"
+    #: Width of the pooled features (``forward``'s output when built with ``num_classes=0``).
+    num_features: int
+    #: Input side the network was designed for (224 ImageNet, 32 CIFAR); used by analysis.
+    default_input_size: int = 224
 
     @abstractmethod
     def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:

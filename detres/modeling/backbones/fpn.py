@@ -52,7 +52,7 @@ class FPN(FeaturePyramidNetwork):
         if missing:
             raise KeyError(f"FPN needs backbone stages {self.in_features}; missing {missing}")
         out = super().forward(OrderedDict((k, x[k]) for k in self.in_features))
-        return OrderedDict(zip(self._shapes, out.values()))
+        return OrderedDict(zip(self._shapes, out.values(), strict=True))
 
 
 def _log2(stride: int) -> int:
