@@ -150,7 +150,7 @@ class FasterRCNN(nn.Module):
 
     @torch.no_grad()
     def _detect(self, x: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        was_training = self.training
+        modes = [(m, m.training) for m in self.modules()]  # eval mode, then restore each
         self.eval()
         try:
             feats = self.features(x)
@@ -158,7 +158,8 @@ class FasterRCNN(nn.Module):
             proposals = self.rpn.proposals(out, sizes, training=False)
             return self.roi_heads.inference(feats, proposals, sizes)
         finally:
-            self.train(was_training)
+            for m, mode in modes:
+                m.training = mode
 
     def inference(
         self, images: Tensor, image_sizes: Sequence[Any] | Tensor
