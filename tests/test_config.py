@@ -76,3 +76,19 @@ def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path.name)
     assert cfg.task in ("cls", "det")
     assert find_config(path.stem) == path
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_build(path: Path) -> None:
+    """Every experiment file builds its model (on the meta device: shapes only, no memory)."""
+    import torch
+
+    from detres.modeling import build_backbone, build_detector
+
+    cfg = load_config(path.name, ["model.backbone.weights=''", "model.weights=''"])
+    with torch.device("meta"):
+        if cfg.task == "cls":
+            model = build_backbone(cfg.model.backbone, num_classes=cfg.model.num_classes)
+        else:
+            model = build_detector(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
