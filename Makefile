@@ -21,10 +21,13 @@ demo: venv  ## train on the embedded demo data and score it
 demo-cls: venv  ## classification pretraining demo on the synthetic set
 	$(BIN)/python tools/pretrain_cls.py --out-dir output/demo_cls
 
-test: venv  ## the test suite (CPU, no network)
+test: venv  ## the test suite (CPU, no network; the longer `slow` runs are left out)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: venv  ## every test, the slow end-to-end runs included
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check detres tools tests
 
-.PHONY: venv demo demo-cls test lint
+.PHONY: venv demo demo-cls test test-all lint
