@@ -17,19 +17,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detres.engine.cls import final_summary, pretrain  # noqa: E402
 from detres.engine.distributed import cleanup, is_main_process  # noqa: E402
-from detres.engine.launch import setup_run, train_argparser  # noqa: E402
+from detres.engine.launch import resume_arg, setup_run, train_argparser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = train_argparser(__doc__.splitlines()[1], "cls_demo.yaml").parse_args(argv)
     run = setup_run(args)
+    rank0 = is_main_process()  # asked now: cleanup() below ends the process group
     if run.cfg.task != "cls":
         raise SystemExit(f"{args.cfg}: task is {run.cfg.task!r}; use tools/train_det.py")
     try:
-        metrics = pretrain(run, resume=args.resume, eval_only=args.eval_only)
+        metrics = pretrain(run, resume=resume_arg(args), eval_only=args.eval_only)
     finally:
         cleanup()
-    if is_main_process():
+    if rank0:
         print(final_summary(metrics, run.out_dir))
     return 0
 

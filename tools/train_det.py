@@ -16,13 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detres.engine.det import evaluate_config, train_detector  # noqa: E402
 from detres.engine.distributed import cleanup, is_main_process  # noqa: E402
-from detres.engine.launch import setup_run, train_argparser  # noqa: E402
+from detres.engine.launch import resume_arg, setup_run, train_argparser  # noqa: E402
 from detres.evaluation import format_table, write_metrics  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = train_argparser(__doc__.splitlines()[0], "demo.yaml").parse_args(argv)
     run = setup_run(args)
+    rank0 = is_main_process()  # asked now: cleanup() below ends the process group
     if run.cfg.task != "det":
         raise SystemExit(f"{args.cfg}: task is {run.cfg.task!r}; use tools/pretrain_cls.py")
     try:
@@ -31,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
             if is_main_process():
                 write_metrics(metrics, run.out_dir / "metrics.json")
         else:
-            metrics = train_detector(run, resume=args.resume)
+            metrics = train_detector(run, resume=resume_arg(args))
     finally:
         cleanup()
-    if is_main_process():
+    if rank0:
         print(format_table(metrics, published=run.cfg.published or None,
                            source=run.cfg.published_source))
     return 0

@@ -40,6 +40,10 @@ _ALLOWED_GLOBALS = {
 _ALLOWED_DTYPE_MODULES = ("numpy", "numpy.dtypes")  # numpy >= 1.25 pickles dtype classes
 
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle referenced a global outside the allow-list."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that only resolves the numpy / builtin names needed for numpy arrays."""
 
@@ -52,7 +56,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             module in _ALLOWED_DTYPE_MODULES and name.endswith("DType")
         )
         if not allowed:
-            raise pickle.UnpicklingError(
+            raise UnsafePickleError(
                 f"{self.source}: refusing to load global {module}.{name} (only numpy arrays "
                 "and plain containers are allowed in dataset pickles)"
             )
@@ -68,7 +72,7 @@ def load_pickle(path: Path) -> dict[bytes, Any]:
     try:
         with open(path, "rb") as f:
             obj = RestrictedUnpickler(f, source=str(path)).load()  # type: ignore[arg-type]
-    except pickle.UnpicklingError:
+    except UnsafePickleError:
         raise
     except Exception as e:  # truncated / not a pickle
         raise OSError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from None

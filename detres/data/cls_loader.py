@@ -20,7 +20,6 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
@@ -135,12 +134,12 @@ def _seed_for(seed: int, rank: int) -> int:
 
 def worker_init_fn(worker_id: int) -> None:
     """Seed numpy, random and the augmentation pipeline from the worker's torch seed (which
-    derives from the loader's generator), and keep OpenCV single-threaded in workers."""
+    derives from the loader's generator). (No ``cv2.setNumThreads`` here: in a forked worker
+    it can deadlock on the parent's OpenCV thread pool.)"""
     info = get_worker_info()
     seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    cv2.setNumThreads(1)
     dataset = info.dataset if info is not None else None
     if isinstance(dataset, ClsDataset):
         dataset.reseed(seed)

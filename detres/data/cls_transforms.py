@@ -119,5 +119,8 @@ class ClsTransform:
         """Give the pipeline a fresh random state (called once per DataLoader worker)."""
         self.compose.set_random_seed(seed)
 
+    # albumentations' name, which SeededDataset calls to seed each sample's augmentation
+    set_random_seed = reseed
+
     def __repr__(self) -> str:
         return f"ClsTransform({self.compose!r})"

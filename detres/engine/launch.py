@@ -36,6 +36,11 @@ def train_argparser(description: str, default_cfg: str) -> argparse.ArgumentPars
     return p
 
 
+def resume_arg(args: argparse.Namespace) -> str | None:
+    """``"last"``, a checkpoint path, or None (from ``--resume`` / ``--resume-from``)."""
+    return args.resume_from or ("last" if args.resume else None)
+
+
 @dataclass
 class Run:
     cfg: Config

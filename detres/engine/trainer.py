@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from detres.config import Config, to_dict
 from detres.engine import checkpoint as ckpt
-from detres.engine.distributed import is_main_process, reduce_mean
+from detres.engine.distributed import is_dist, is_main_process, reduce_mean
 from detres.engine.logging import LOG, JSONLWriter
 from detres.engine.schedule import LRSchedule, build_optimizer
 
@@ -123,11 +123,27 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------------- loop
+    def sync_buffers(self) -> None:
+        """Rank 0's buffers (BN running statistics) on every rank: DDP broadcasts them only at
+        the start of a forward, so after the last step each rank holds its own batch's. All
+        ranks then evaluate the model that rank 0 saves."""
+        if is_dist():
+            for b in ckpt.unwrap(self.model).buffers():
+                torch.distributed.broadcast(b, src=0)
+
     def run_eval(self) -> dict[str, float]:
         if self.eval_fn is None:
             return {}
+        self.sync_buffers()
         t0 = time.perf_counter()
-        metrics = self.eval_fn(self.model)
+        # Evaluation must not shift the training random stream (e.g. a DataLoader draws its
+        # base seed from the global RNG): otherwise eval_period would change the training,
+        # and a finished run extended with --resume would not match an uninterrupted one.
+        rng = ckpt.rng_state()
+        try:
+            metrics = self.eval_fn(self.model)
+        finally:
+            ckpt.set_rng_state(rng)
         if metrics:
             rec = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
             self.writer.write(

@@ -355,7 +355,8 @@ def build_detector(cfg: Config) -> FasterRCNN:
 
 def load_detector_weights(model: FasterRCNN, path: str | Path) -> dict[str, Any]:
     """Load a detres detector checkpoint (``{"model": state_dict, "class_names": ...,
-    "category_ids": ...}`` or a bare state dict) strictly; returns the checkpoint dict."""
+    "category_ids": ...}``, a Trainer checkpoint with those two under ``"meta"``, or a bare
+    state dict) strictly; returns the checkpoint dict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"detector weights {str(path)!r} not found (model.weights)")
@@ -375,6 +376,8 @@ def load_detector_weights(model: FasterRCNN, path: str | Path) -> dict[str, Any]
             f"detector weights {str(path)!r} do not fit the model: missing "
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
-    if "class_names" in ckpt and "category_ids" in ckpt:
-        model.set_classes(ckpt["class_names"], ckpt["category_ids"])
+    for holder in (ckpt, ckpt.get("meta")):  # converter files: top level; Trainer: "meta"
+        if isinstance(holder, dict) and "class_names" in holder and "category_ids" in holder:
+            model.set_classes(holder["class_names"], holder["category_ids"])
+            break
     return ckpt

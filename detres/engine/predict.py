@@ -1,0 +1,146 @@
+"""Running a trained detector on image files (tools/predict.py): finding and reading the
+images, batched ``FasterRCNN.predict``, drawing the detections, and JSON records.
+
+Boxes are ``(x1, y1, x2, y2)`` in the input image's pixels and labels are the data set's
+category ids (what ``predict`` returns); names come from the model's class list, which a
+checkpoint written by the trainer sets (``load_detector_weights``).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import copy
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes
+
+from detres.config import Config
+from detres.data.det_transforms import load_image
+from detres.modeling.faster_rcnn import FasterRCNN, build_detector
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from paths that are files or directories (a directory's images with a
+    known suffix, sorted, not recursive); a missing path or an empty directory is an error."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file()
+                           and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"input directory {p} has no image files "
+                                        f"({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    return files
+
+
+def read_image(path: str | Path) -> Tensor:
+    """An image file as a float RGB ``(3, H, W)`` tensor in [0, 1] (cv2 decoding; a missing
+    or broken file is an error naming it)."""
+    rgb = load_image(path)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+def keep_scores(det: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor]:
+    """The detections scoring at least ``score_thresh``, on the CPU."""
+    keep = det["scores"] >= score_thresh
+    return {k: v[keep].cpu() for k, v in det.items()}
+
+
+def predict_files(model: FasterRCNN, files: Sequence[Path], *, batch_size: int = 4,
+                  score_thresh: float = 0.0) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
+    """``(file, image (3, H, W) float, detections)`` per file, running ``model.predict`` on
+    batches of ``batch_size`` images read as they are needed."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model.eval()
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        images = [read_image(f) for f in chunk]
+        dets = model.predict(images)
+        for f, img, det in zip(chunk, images, dets, strict=True):
+            yield f, img, keep_scores(det, score_thresh)
+
+
+def class_names_by_id(model: FasterRCNN) -> dict[int, str]:
+    return dict(zip(model.category_ids, model.class_names, strict=True))
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` well-separated RGB colours (evenly spaced hues)."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 1.0)
+        out.append((int(255 * r), int(255 * g), int(255 * b)))
+    return out
+
+
+def draw_detections(image: Tensor, det: dict[str, Tensor], model: FasterRCNN,
+                    width: int = 2) -> Tensor:
+    """``image`` (float in [0, 1] or uint8, ``(3, H, W)``) with its boxes drawn, each labelled
+    ``"name score"`` in its class colour; returns uint8 ``(3, H, W)``."""
+    img = image if image.dtype == torch.uint8 else (image * 255).round().clamp(0, 255).byte()
+    if len(det["boxes"]) == 0:
+        return img.clone()
+    names = class_names_by_id(model)
+    colours = dict(zip(model.category_ids, palette(len(model.category_ids)), strict=True))
+    labels = [int(c) for c in det["labels"]]
+    text = [f"{names.get(c, str(c))} {float(s):.2f}" for c, s in zip(labels, det["scores"],
+                                                                     strict=True)]
+    return draw_bounding_boxes(img, det["boxes"].float(), labels=text,
+                               colors=[colours.get(c, (255, 255, 255)) for c in labels],
+                               width=width)
+
+
+def write_image(path: str | Path, image: Tensor) -> Path:
+    """Write a uint8 RGB ``(3, H, W)`` tensor; the suffix picks the format (cv2)."""
+    path = Path(path)
+    bgr = cv2.cvtColor(image.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(path.suffix, bgr)
+    if not ok:
+        raise ValueError(f"cannot encode an image as {path.suffix!r} for {path}")
+    buf.tofile(str(path))  # unlike imwrite, non-ASCII paths work
+    return path
+
+
+def detection_record(file: str | Path, image: Tensor, det: dict[str, Tensor],
+                     model: FasterRCNN) -> dict[str, Any]:
+    """One image's entry of ``predictions.json``."""
+    names = class_names_by_id(model)
+    labels = [int(c) for c in det["labels"]]
+    return {
+        "file": str(file),
+        "height": int(image.shape[-2]),
+        "width": int(image.shape[-1]),
+        "boxes": [[round(float(v), 2) for v in b] for b in det["boxes"].tolist()],
+        "scores": [round(float(s), 4) for s in det["scores"].tolist()],
+        "labels": labels,
+        "class_names": [names.get(c, str(c)) for c in labels],
+    }
+
+
+def output_name(file: Path) -> str:
+    """The drawn image's file name: the input's, as PNG unless it is a JPEG or PNG."""
+    return file.name if file.suffix.lower() in (".jpg", ".jpeg", ".png") else f"{file.stem}.png"
+
+
+def build_predictor(cfg: Config, weights: str | Path, device: torch.device) -> FasterRCNN:
+    """The detector of ``cfg`` with all its weights from ``weights`` (the trunk's own
+    ``model.backbone.weights`` is not needed, so it is not read); ``cfg`` is left as it is."""
+    cfg = copy.deepcopy(cfg)
+    cfg.model.weights = str(weights)
+    cfg.model.backbone.weights = ""
+    return build_detector(cfg).to(device).eval()

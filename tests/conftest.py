@@ -1,0 +1,81 @@
+"""Shared test helpers: the command-line tools as modules, and data sets in published layouts."""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog",
+                 b"horse", b"ship", b"truck"]
+
+
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` imported as a module (its ``main(argv)`` runs in-process)."""
+    key = f"detres_tools_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, REPO / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> Path:
+    """Fake CIFAR-10 in the published python layout: ``root/cifar-10-batches-py`` with
+    ``batches.meta`` and ``data_batch_1..5`` / ``test_batch`` dicts keyed by bytes, images as
+    uint8 ``[N, 3072]`` (R, G, B planes)."""
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    meta = {b"label_names": CIFAR10_NAMES, b"num_cases_per_batch": per_batch}
+    (d / "batches.meta").write_bytes(pickle.dumps(meta))
+    for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        batch = {b"batch_label": fname.encode(), b"labels": labels, b"data": data,
+                 b"filenames": [f"{fname}_{i}.png".encode() for i in range(per_batch)]}
+        (d / fname).write_bytes(pickle.dumps(batch))
+    return d
+
+
+def write_imagefolder(root: Path, classes: list[str], per_class: int, size: int = 40,
+                      seed: int = 0, suffix: str = ".jpg") -> Path:
+    """An ImageFolder tree ``root/<class>/<i><suffix>`` of random ``size x size`` images, each
+    class with its own mean colour (so a classifier can learn something)."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        base = np.array([60 + 60 * c, 200 - 50 * c, 40 + 90 * (c % 2)], np.float64)
+        for i in range(per_class):
+            img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            assert cv2.imwrite(str(root / name / f"{i:03d}{suffix}"), img)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tool() -> Callable[[str], ModuleType]:
+    """``tool("train_det").main([...])``."""
+    return load_tool
+
+
+@pytest.fixture(scope="session")
+def cifar10_writer() -> Callable[..., Path]:
+    """:func:`write_cifar10`."""
+    return write_cifar10
+
+
+@pytest.fixture(scope="session")
+def imagefolder_writer() -> Callable[..., Path]:
+    """:func:`write_imagefolder`."""
+    return write_imagefolder

@@ -1,0 +1,182 @@
+"""Classification pretraining end to end with tools/pretrain_cls.py: a tiny run with exact
+--resume, its checkpoint loading into a detector's trunk with no renaming, and the paper's
+ImageNet / CIFAR-10 configs starting on data in the published layouts."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from detres.config import load_config
+from detres.data.synthetic_cls import generate_synthetic_cls
+from detres.engine.logging import read_jsonl
+from detres.modeling import build_detector
+
+# A narrow ImageNet-style ResNet-18 on the synthetic 32x32 set with ImageNet-style scale
+# augmentation scaled down (shorter side 32..40, 32 crops).
+TINY_R18 = [
+    "model.backbone.width_per_group=8",
+    "data.cls_aug.crop_size=32", "data.cls_aug.scale_min=32", "data.cls_aug.scale_max=40",
+    "data.cls_aug.test_resize=32",
+    "solver.batch_size=8", "solver.reference_batch_size=0", "solver.base_lr=0.05",
+    "solver.schedule=multistep", "solver.steps=[4]", "solver.warmup_iters=2",
+    "train.log_period=1", "train.checkpoint_period=3", "train.eval_period=0",
+    "train.device=cpu", "data.num_workers=0",
+]
+
+
+def synthetic_overrides(root: Path) -> list[str]:
+    """The generated small set by path (the catalog names would regenerate the full size)."""
+    return [
+        f"data.root={root}",
+        "data.train=[{name: tiny_train, format: synthetic_cls, path: synthetic_cls, "
+        "split: train}]",
+        "data.test=[{name: tiny_val, format: synthetic_cls, path: synthetic_cls, split: val}]",
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType]
+        ) -> dict[str, object]:
+    """6 iterations straight, and 3 iterations then --resume to 6."""
+    tmp = tmp_path_factory.mktemp("e2e_cls")
+    generate_synthetic_cls(tmp / "data", spec="synthetic_cls", train_per_class=4,
+                           val_per_class=2)
+    ov = [*synthetic_overrides(tmp / "data"), *TINY_R18]
+    main = tool("pretrain_cls").main
+    full, part = tmp / "full", tmp / "part"
+    cfg = "imagenet_resnet18.yaml"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--cfg", cfg, "--out-dir", str(full), *ov, "solver.max_iter=6"]) == 0
+    assert main(["--cfg", cfg, "--out-dir", str(part), *ov, "solver.max_iter=3"]) == 0
+    assert torch.load(part / "checkpoint_last.pth", weights_only=True)["iteration"] == 3
+    assert main(["--cfg", cfg, "--out-dir", str(part), *ov, "solver.max_iter=6",
+                 "--resume"]) == 0
+    return {"tmp": tmp, "full": full, "part": part, "overrides": ov, "printed": printed.getvalue()}
+
+
+def test_outputs_and_final_errors(run: dict[str, object]) -> None:
+    out = run["full"]
+    assert isinstance(out, Path)
+    for name in ("metrics.jsonl", "curves.png", "config.yaml", "model_final.pth", "log.txt"):
+        assert (out / name).is_file(), name
+    rows = read_jsonl(out / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss_cls" in r]
+    assert [r["iteration"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss_cls"]) and 0 <= r["train_top1_err"] <= 1
+               for r in train_rows)
+    (val,) = [r for r in rows if "val/top1_err" in r]
+    assert val["iteration"] == 6 and val["val/num_images"] == 20  # 10 classes x 2
+    assert 0 <= val["val/top5_err"] <= val["val/top1_err"] <= 1
+    # the numbers are multiples of 1/20: errors over the whole val split
+    assert val["val/top1_err"] * 20 == pytest.approx(round(val["val/top1_err"] * 20))
+    ck = torch.load(out / "model_final.pth", weights_only=True)
+    assert ck["iteration"] == 6 and len(ck["meta"]["class_names"]) == 10
+    assert ck["model"]["fc.weight"].shape == (10, 8 * 8)  # resnet18 width 8: 64-d features
+
+
+def test_summary_is_printed(run: dict[str, object], tool: Callable[[str], ModuleType],
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The run ends by printing the final top-1/top-5 errors; --eval-only on its weights
+    prints the same."""
+    out = run["full"]
+    assert isinstance(out, Path)
+    (val,) = [r for r in read_jsonl(out / "metrics.jsonl") if "val/top1_err" in r]
+    want = (f"top-1 error {100 * val['val/top1_err']:.2f}%  "
+            f"top-5 error {100 * val['val/top5_err']:.2f}%")
+    assert want in str(run["printed"]), run["printed"]
+    capsys.readouterr()
+    ov = [*run["overrides"], f"model.weights={out / 'model_final.pth'}"]  # type: ignore[misc]
+    rc = tool("pretrain_cls").main(["--cfg", "imagenet_resnet18.yaml", "--out-dir",
+                                    str(out.parent / "evalonly"), "--eval-only", *ov])
+    assert rc == 0
+    assert want in capsys.readouterr().out
+
+
+def test_resume_reproduces_uninterrupted_run(run: dict[str, object]) -> None:
+    full, part = run["full"], run["part"]
+    assert isinstance(full, Path) and isinstance(part, Path)
+    a = torch.load(full / "model_final.pth", weights_only=True)
+    b = torch.load(part / "model_final.pth", weights_only=True)
+    differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not differ, f"{len(differ)} tensors differ after --resume, e.g. {differ[:3]}"
+    keys = ("iteration", "loss_cls", "train_top1_err", "lr")
+    logs = [[{k: r[k] for k in keys} for r in read_jsonl(d / "metrics.jsonl") if "loss_cls" in r]
+            for d in (full, part)]
+    assert logs[0] == logs[1]
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn_fpn", "faster_rcnn_c4"])
+def test_checkpoint_loads_into_detector_trunk(run: dict[str, object], arch: str) -> None:
+    """``model.backbone.weights=<pretrain_cls checkpoint>``: every trunk tensor equals the
+    classifier's (FrozenBN buffers included); only ``fc`` is left out."""
+    out = run["full"]
+    assert isinstance(out, Path)
+    weights = out / "model_final.pth"
+    ov = [f"model.arch={arch}", "model.backbone.width_per_group=8",
+          f"model.backbone.weights={weights}"]
+    if arch == "faster_rcnn_c4":  # the paper's fine-tuning set-up
+        ov += ["model.backbone.norm=FrozenBN", "model.backbone.freeze_at=2",
+               "model.anchors.sizes=[[32,64,128]]", "model.roi_heads.pooler_resolution=14"]
+    model = build_detector(load_config("demo.yaml", ov))
+    cls_state = torch.load(weights, weights_only=True)["model"]
+    trunk = model.backbone.state_dict()
+    assert not any(k.startswith("fc.") for k in trunk)
+    body = {k: v for k, v in cls_state.items()
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    assert set(body) == {k for k in trunk if not k.endswith("num_batches_tracked")}
+    differ = [k for k in body if not torch.equal(trunk[k], body[k])]
+    assert not differ, differ[:5]
+
+
+def test_imagenet_config_on_published_layout(
+    tmp_path: Path, tool: Callable[[str], ModuleType],
+    imagefolder_writer: Callable[..., Path],
+) -> None:
+    classes = ["n01440764", "n01443537", "n01484850"]
+    imagefolder_writer(tmp_path / "imagenet" / "train", classes, per_class=3, size=40)
+    imagefolder_writer(tmp_path / "imagenet" / "val", classes, per_class=2, size=40, seed=1)
+    out = tmp_path / "out"
+    rc = tool("pretrain_cls").main([
+        "--cfg", "imagenet_resnet18.yaml", "--out-dir", str(out), f"data.root={tmp_path}",
+        "solver.max_iter=1", "solver.batch_size=2", "data.cls_aug.crop_size=32",
+        "data.cls_aug.scale_min=36", "data.cls_aug.scale_max=40", "data.cls_aug.test_resize=36",
+        "data.num_workers=0", "model.backbone.width_per_group=8", "train.device=cpu",
+    ])
+    assert rc == 0
+    ck = torch.load(out / "model_final.pth", weights_only=True)
+    assert ck["meta"]["class_names"] == classes
+    assert ck["model"]["fc.weight"].shape[0] == 3  # num_classes taken from the data
+    (val,) = [r for r in read_jsonl(out / "metrics.jsonl") if "val/num_images" in r]
+    assert val["val/num_images"] == 6
+
+
+def test_cifar_config_on_published_layout(
+    tmp_path: Path, tool: Callable[[str], ModuleType], cifar10_writer: Callable[..., Path]
+) -> None:
+    cifar10_writer(tmp_path, per_batch=4)
+    out = tmp_path / "out"
+    rc = tool("pretrain_cls").main([
+        "--cfg", "cifar_resnet56.yaml", "--out-dir", str(out), f"data.root={tmp_path}",
+        "solver.max_iter=1", "solver.batch_size=4", "data.num_workers=0", "train.device=cpu",
+        "model.backbone.width_per_group=4",
+    ])
+    assert rc == 0
+    ck = torch.load(out / "model_final.pth", weights_only=True)
+    assert ck["meta"]["class_names"][:2] == ["airplane", "automobile"]
+    assert ck["config"]["model"]["backbone"]["name"] == "resnet56"
+    # 6n+2 = 56: three stages of nine blocks
+    assert {k.split(".")[1] for k in ck["model"] if k.startswith("layer3.")} == {
+        str(i) for i in range(9)}
+    (val,) = [r for r in read_jsonl(out / "metrics.jsonl") if "val/num_images" in r]
+    assert val["val/num_images"] == 4  # test_batch
+    assert json.loads(json.dumps(val))  # plain JSON

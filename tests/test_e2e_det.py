@@ -1,0 +1,215 @@
+"""A tiny real detection run end to end: tools/train_det.py on a generated demo set, exact
+--resume, tools/eval.py reproducing the run's metrics, and tools/predict.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+from detres.config import load_config
+from detres.data.demo_det import DEMO_CATEGORY_IDS, DEMO_CLASSES, generate_demo_det
+from detres.engine.logging import read_jsonl
+from detres.engine.predict import (
+    build_predictor,
+    draw_detections,
+    keep_scores,
+    list_images,
+    read_image,
+)
+
+# A ~0.2M-parameter ResNet-18-FPN on 128-192 px images: a few seconds per run on 2 cores.
+TINY = [
+    "model.backbone.width_per_group=8", "model.fpn.out_channels=16", "model.roi_heads.fc_dim=32",
+    "model.input.min_size_train=[128]", "model.input.max_size_train=192",
+    "model.input.min_size_test=128", "model.input.max_size_test=192",
+    "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=100",
+    "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=50",
+    "model.rpn.batch_size_per_image=64", "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.detections_per_image=20",
+    "solver.batch_size=2", "solver.base_lr=0.01", "solver.steps=[4]", "solver.warmup_iters=2",
+    "train.log_period=1", "train.checkpoint_period=3", "train.device=cpu",
+    "data.num_workers=0",
+]
+
+
+def data_overrides(root: Path) -> list[str]:
+    """The generated set as custom COCO sets by path (the catalog's ``demo_coco_*`` entries
+    would regenerate it at the default size)."""
+    ann, img = "demo_det/annotations", "demo_det/images"
+    return [
+        f"data.root={root}",
+        f"data.train=[{{name: tiny_train, format: coco, path: {ann}/instances_train.json, "
+        f"images: {img}}}]",
+        f"data.test=[{{name: tiny_val, format: coco, path: {ann}/instances_val.json, "
+        f"images: {img}}}]",
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType]
+        ) -> dict[str, Path]:
+    """A 6-iteration run, and the same run stopped at 3 iterations then resumed to 6."""
+    tmp = tmp_path_factory.mktemp("e2e_det")
+    generate_demo_det(tmp / "data", num_train=16, num_val=8)
+    ov = [*data_overrides(tmp / "data"), *TINY]
+    train = tool("train_det").main
+    full, part = tmp / "full", tmp / "part"
+    assert train(["--cfg", "demo.yaml", "--out-dir", str(full), *ov, "solver.max_iter=6"]) == 0
+    assert train(["--cfg", "demo.yaml", "--out-dir", str(part), *ov, "solver.max_iter=3"]) == 0
+    stopped = torch.load(part / "checkpoint_last.pth", weights_only=True)
+    assert stopped["iteration"] == 3
+    assert train(["--cfg", "demo.yaml", "--out-dir", str(part), *ov, "solver.max_iter=6",
+                  "--resume"]) == 0
+    return {"tmp": tmp, "data": tmp / "data", "full": full, "part": part}
+
+
+def _in_unit(v: float) -> bool:
+    return isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 1.0
+
+
+def test_training_writes_outputs(run: dict[str, Path]) -> None:
+    out = run["full"]
+    for name in ("metrics.jsonl", "curves.png", "config.yaml", "model_final.pth",
+                 "checkpoint_last.pth", "metrics.json", "log.txt"):
+        assert (out / name).is_file(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "metrics.json").read_text())
+    assert _in_unit(m["mAP@.5"]) and _in_unit(m["mAP@[.5,.95]"])
+    assert m["mAP@[.5,.95]"] <= m["mAP@.5"]
+    assert sorted(m["per_class"]) == sorted(DEMO_CLASSES)
+    for v in m["per_class"].values():
+        assert _in_unit(v["AP@.5"]) and _in_unit(v["AP@[.5,.95]"])
+    rows = read_jsonl(out / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["iteration"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    for r in train_rows:
+        for k in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "lr"):
+            assert math.isfinite(r[k]) and r[k] >= 0, (k, r)
+    # warm-up over 2 iterations, then 0.01, x0.1 from iteration 4 (0-based) on
+    np.testing.assert_allclose([r["lr"] for r in train_rows],
+                               [0.01 * 0.001, 0.01 * 0.5005, 0.01, 0.01, 0.001, 0.001])
+    val = [r for r in rows if "val/mAP@.5" in r]
+    assert [r["iteration"] for r in val] == [6] and val[0]["val/mAP@.5"] == m["mAP@.5"]
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 6 and final["meta"]["class_names"] == list(DEMO_CLASSES)
+    assert final["config"]["model"]["num_classes"] == len(DEMO_CLASSES)
+
+
+def test_resume_reproduces_uninterrupted_run(run: dict[str, Path]) -> None:
+    a = torch.load(run["full"] / "model_final.pth", weights_only=True)
+    b = torch.load(run["part"] / "model_final.pth", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not differ, f"{len(differ)} tensors differ after --resume, e.g. {differ[:3]}"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
+                      strict=True):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    # the resumed log is one run: the same losses at the same iterations
+    keys = ("iteration", "loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "lr")
+    rows = [[{k: r[k] for k in keys} for r in read_jsonl(run[x] / "metrics.jsonl") if "loss" in r]
+            for x in ("full", "part")]
+    assert rows[0] == rows[1]
+    ma = json.loads((run["full"] / "metrics.json").read_text())
+    mb = json.loads((run["part"] / "metrics.json").read_text())
+    assert ma["mAP@.5"] == mb["mAP@.5"] and ma["per_class"] == mb["per_class"]
+
+
+def test_eval_tool_reproduces_training_metrics(
+    run: dict[str, Path], tool: Callable[[str], ModuleType]
+) -> None:
+    out = run["full"]
+    m_json = run["tmp"] / "eval" / "m.json"
+    m_json.parent.mkdir()
+    rc = tool("eval").main(["--cfg", str(out / "config.yaml"),
+                            "--weights", str(out / "model_final.pth"), "--out", str(m_json)])
+    assert rc == 0
+    got = json.loads(m_json.read_text())
+    want = json.loads((out / "metrics.json").read_text())
+    for key in ("mAP@.5", "mAP@[.5,.95]", "per_class"):
+        assert got[key] == want[key], key
+
+
+def test_predict_tool_writes_images_and_json(
+    run: dict[str, Path], tool: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, images = run["full"], run["data"] / "demo_det" / "images"
+    inputs = [images / "val_00000.jpg", images / "val_00001.jpg"]
+    pred = run["tmp"] / "pred"
+    cfg = str(out / "config.yaml")
+    weights = str(out / "model_final.pth")
+    rc = tool("predict").main(["--cfg", cfg, "--weights", weights, "--input", *map(str, inputs),
+                               "--out", str(pred), "--score-thresh", "0.0", "--batch-size", "2"])
+    assert rc == 0
+    for f in inputs:
+        drawn = read_image(pred / f.name)
+        assert drawn.shape == read_image(f).shape
+    records = json.loads((pred / "predictions.json").read_text())
+    assert [r["file"] for r in records] == [str(f) for f in inputs]
+
+    # the same detections as model.predict; names and category ids from the checkpoint's meta
+    model = build_predictor(load_config(cfg), weights, torch.device("cpu"))
+    assert model.class_names == list(DEMO_CLASSES)
+    assert model.category_ids == list(DEMO_CATEGORY_IDS)
+    dets = model.predict([read_image(f) for f in inputs])
+    name_of = dict(zip(DEMO_CATEGORY_IDS, DEMO_CLASSES, strict=True))
+    for r, d, f in zip(records, dets, inputs, strict=True):
+        h, w = read_image(f).shape[-2:]
+        assert (r["height"], r["width"]) == (h, w)
+        assert len(r["boxes"]) == len(d["boxes"]) > 0
+        np.testing.assert_allclose(r["boxes"], d["boxes"].numpy(), atol=0.01)
+        np.testing.assert_allclose(r["scores"], d["scores"].numpy(), atol=1e-4)
+        assert r["labels"] == d["labels"].tolist()
+        assert set(r["labels"]) <= set(DEMO_CATEGORY_IDS)
+        assert r["class_names"] == [name_of[c] for c in r["labels"]]
+        b = np.asarray(r["boxes"])
+        assert (b[:, 0] >= -0.01).all() and (b[:, 2] <= w + 0.01).all()
+        assert (b[:, 1] >= -0.01).all() and (b[:, 3] <= h + 0.01).all()
+
+    # a score threshold above every score keeps nothing; a directory input reads all images
+    rc = tool("predict").main(["--cfg", cfg, "--weights", weights, "--input", str(images),
+                               "--out", str(run["tmp"] / "pred_all"), "--score-thresh", "1.01"])
+    assert rc == 0
+    records = json.loads((run["tmp"] / "pred_all" / "predictions.json").read_text())
+    assert len(records) == 24 and all(r["boxes"] == [] for r in records)
+
+    # missing and broken inputs: exit code 2 and a message naming the file
+    broken = run["tmp"] / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    capsys.readouterr()
+    for bad in (run["tmp"] / "missing.jpg", broken):
+        rc = tool("predict").main(["--cfg", cfg, "--weights", weights, "--input", str(bad),
+                                   "--out", str(run["tmp"] / "pred_bad")])
+        assert rc == 2
+        assert str(bad) in capsys.readouterr().err
+
+
+def test_list_images_and_drawing(tmp_path: Path) -> None:
+    for name in ("b.png", "a.JPG", "notes.txt", "c.webp"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    assert [p.name for p in list_images([tmp_path])] == ["a.JPG", "b.png", "c.webp"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        list_images([tmp_path / "empty"])
+
+    class Model:  # what drawing needs from a detector
+        class_names, category_ids = ["cat", "dog"], [3, 7]
+
+    image = torch.zeros(3, 40, 60)
+    det = {"boxes": torch.tensor([[5.0, 6.0, 30.0, 35.0], [1.0, 1.0, 2.0, 2.0]]),
+           "scores": torch.tensor([0.9, 0.2]), "labels": torch.tensor([7, 3])}
+    kept = keep_scores(det, 0.5)
+    assert kept["labels"].tolist() == [7]
+    drawn = draw_detections(image, kept, Model(), width=1)  # type: ignore[arg-type]
+    assert drawn.dtype == torch.uint8 and drawn.shape == (3, 40, 60)
+    assert drawn[:, 6, 5:31].sum() > 0 and drawn[:, 20, 10:25].sum() == 0  # edge, not inside
+    empty = keep_scores(det, 0.95)
+    assert torch.equal(draw_detections(image, empty, Model()), image.byte())  # type: ignore[arg-type]
