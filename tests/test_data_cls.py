@@ -86,8 +86,9 @@ def test_imagefolder_split_subdir_and_grey(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "g.png"), grey)
     (tmp_path / "set" / "val" / "a").mkdir(parents=True)
     os.replace(tmp_path / "g.png", tmp_path / "set" / "val" / "a" / "g.png")
-    src = DATASET_FORMATS.get("imagefolder")(path=tmp_path / "set", images=None, split="val",
-                                             name="x")
+    src = DATASET_FORMATS.get("imagefolder")(
+        path=tmp_path / "set", images=None, split="val", name="x"
+    )
     img, label = src.load(0)
     assert label == 0 and img.shape == (6, 5, 3)
     np.testing.assert_array_equal(img, np.repeat(grey[..., None], 3, axis=2))
@@ -158,8 +159,18 @@ def _cifar_batch(n: int, n_classes: int, key: bytes) -> tuple[dict[bytes, object
 def _fake_cifar10(root: Path, py2: bool = False) -> dict[str, tuple[np.ndarray, list[int]]]:
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-             b"ship", b"truck"]
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
     _dump({b"label_names": names, b"num_cases_per_batch": 2}, d / "batches.meta", py2)
     out: dict[str, tuple[list[np.ndarray], list[int]]] = {"train": ([], []), "test": ([], [])}
     for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -234,8 +245,7 @@ def test_cifar_errors(tmp_path: Path) -> None:
 def test_scale_augmentation_shorter_side_range() -> None:
     """The paper's scale augmentation: shorter side uniform over the integers [min, max]."""
     img = _rand_img(10, 15)
-    resize = A.Compose(geo(ClsAugCfg(scale_min=16, scale_max=24, crop_size=12), True)[:1],
-                       seed=0)
+    resize = A.Compose(geo(ClsAugCfg(scale_min=16, scale_max=24, crop_size=12), True)[:1], seed=0)
     sides = [resize(image=img)["image"].shape for _ in range(600)]
     short = np.array([min(s[:2]) for s in sides])
     assert set(short.tolist()) == set(range(16, 25))  # every size, nothing else
@@ -260,17 +270,20 @@ def test_transform_output(kind: str, train: bool) -> None:
 def test_transform_test_is_center_crop_and_normalize() -> None:
     img = _rand_img(20, 30)
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.2)
-    for aug in (ClsAugCfg(kind="imagenet", crop_size=16, test_resize=20),
-                ClsAugCfg(kind="none", crop_size=16, test_resize=20)):
-        for train in ((False, True) if aug.kind == "none" else (False,)):
+    for aug in (
+        ClsAugCfg(kind="imagenet", crop_size=16, test_resize=20),
+        ClsAugCfg(kind="none", crop_size=16, test_resize=20),
+    ):
+        for train in (False, True) if aug.kind == "none" else (False,):
             out = build_cls_transform(aug, train, mean=mean, std=std)(image=img)["image"]
             ref = (img[2:18, 7:23] / 255.0 - np.array(mean)) / np.array(std)
             np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), ref, atol=1e-5)
     cifar = build_cls_transform(ClsAugCfg(kind="cifar", crop_size=32), False)
     img = _rand_img(32, 32)
     ref = (img / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    np.testing.assert_allclose(cifar(image=img)["image"].permute(1, 2, 0).numpy(), ref,
-                               atol=1e-5)  # identity + normalize
+    np.testing.assert_allclose(
+        cifar(image=img)["image"].permute(1, 2, 0).numpy(), ref, atol=1e-5
+    )  # identity + normalize
 
 
 def test_cifar_pad_crop_flip() -> None:
@@ -281,8 +294,13 @@ def test_cifar_pad_crop_flip() -> None:
     seen, flips = set(), 0
     for _ in range(400):
         out = t(image=img)["image"]
-        hits = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
-                if np.array_equal(out, (padded[:, ::-1] if f else padded)[dy:dy + 8, dx:dx + 8])]
+        hits = [
+            (dy, dx, f)
+            for dy in range(5)
+            for dx in range(5)
+            for f in (0, 1)
+            if np.array_equal(out, (padded[:, ::-1] if f else padded)[dy : dy + 8, dx : dx + 8])
+        ]
         assert hits, "output is not a crop of the zero-padded (possibly flipped) image"
         seen.update((dy, dx) for dy, dx, _ in hits)
         flips += any(f for *_, f in hits) and not any(not f for *_, f in hits)
@@ -360,8 +378,11 @@ def test_synthetic_concurrent_first_use(tmp_path: Path) -> None:
     assert dirs == [d, d]
     assert syn.is_complete(d, syn.dataclasses.replace(syn.SPECS["synthetic_cls"], **SMALL))
     assert _files(d) == _files(syn.generate_synthetic_cls(tmp_path / "ref", **SMALL))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthetic_cls.lock", "ref",
-                                                          "synthetic_cls"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".synthetic_cls.lock",
+        "ref",
+        "synthetic_cls",
+    ]
 
 
 def test_synthetic_catalog_entries() -> None:
@@ -459,8 +480,7 @@ def test_inference_sampler_shards() -> None:
 
 def test_cls_loader_distributed_samplers(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
-                            world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         train = build_cls_loader(cfg, train=True, batch_size=4)
         test = build_cls_loader(cfg, train=False, batch_size=4)

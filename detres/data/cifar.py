@@ -103,8 +103,10 @@ class CifarSource:
         ("cifar100", "train"): ["train"],
         ("cifar100", "test"): ["test"],
     }
-    META = {"cifar10": ("batches.meta", b"label_names", b"labels"),
-            "cifar100": ("meta", b"fine_label_names", b"fine_labels")}
+    META = {
+        "cifar10": ("batches.meta", b"label_names", b"labels"),
+        "cifar100": ("meta", b"fine_label_names", b"fine_labels"),
+    }
 
     def __init__(self, root: str | Path, *, variant: str, split: str, name: str = "") -> None:
         if variant not in self.META:

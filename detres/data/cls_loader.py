@@ -59,9 +59,7 @@ class ClsDataset(Dataset[tuple[torch.Tensor, int]]):
         self.classes: list[str] = list(first.classes)
         self.transform = transform
         self.cumulative_sizes = np.cumsum([len(s) for s in sources]).tolist()
-        self.targets = np.concatenate(
-            [np.asarray(s.targets, dtype=np.int64) for s in sources]
-        )
+        self.targets = np.concatenate([np.asarray(s.targets, dtype=np.int64) for s in sources])
 
     def __len__(self) -> int:
         return self.cumulative_sizes[-1]
@@ -163,7 +161,8 @@ def build_cls_loader(cfg: Config, train: bool, batch_size: int) -> DataLoader:
     if is_dist():
         sampler = (
             DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True)
-            if train else InferenceSampler(len(dataset))
+            if train
+            else InferenceSampler(len(dataset))
         )
     workers = cfg.data.num_workers
     return DataLoader(

@@ -48,9 +48,7 @@ def _check(aug: ClsAugCfg) -> None:
     if aug.pad < 0:
         raise ValueError(f"data.cls_aug.pad: must be >= 0, got {aug.pad}")
     if aug.kind == "imagenet" and aug.scale_min > aug.scale_max:
-        raise ValueError(
-            f"data.cls_aug: scale_min ({aug.scale_min}) > scale_max ({aug.scale_max})"
-        )
+        raise ValueError(f"data.cls_aug: scale_min ({aug.scale_min}) > scale_max ({aug.scale_max})")
 
 
 def geometric_transforms(aug: ClsAugCfg, train: bool) -> list[A.BasicTransform]:
@@ -58,15 +56,23 @@ def geometric_transforms(aug: ClsAugCfg, train: bool) -> list[A.BasicTransform]:
     _check(aug)
     c = aug.crop_size
     # pad_if_needed: an image smaller than the crop is zero-padded instead of failing
-    crop = {"height": c, "width": c, "pad_if_needed": True,
-            "border_mode": cv2.BORDER_CONSTANT, "fill": 0}
+    crop = {
+        "height": c,
+        "width": c,
+        "pad_if_needed": True,
+        "border_mode": cv2.BORDER_CONSTANT,
+        "fill": 0,
+    }
     ops: list[A.BasicTransform]
     if aug.kind == "imagenet" and train:
         # A list makes SmallestMaxSize draw the shorter side uniformly from its entries.
         sizes = list(range(aug.scale_min, aug.scale_max + 1))
         ops = [
-            A.SmallestMaxSize(max_size=sizes if len(sizes) > 1 else sizes[0],
-                              interpolation=cv2.INTER_LINEAR, area_for_downscale="image"),
+            A.SmallestMaxSize(
+                max_size=sizes if len(sizes) > 1 else sizes[0],
+                interpolation=cv2.INTER_LINEAR,
+                area_for_downscale="image",
+            ),
             A.RandomCrop(**crop),
         ]
     elif aug.kind == "cifar" and train:
@@ -78,8 +84,9 @@ def geometric_transforms(aug: ClsAugCfg, train: bool) -> list[A.BasicTransform]:
         ops = [A.CenterCrop(**crop)]  # the identity on crop_size x crop_size images
     else:  # imagenet test, or "none"
         ops = [
-            A.SmallestMaxSize(max_size=aug.test_resize, interpolation=cv2.INTER_LINEAR,
-                              area_for_downscale="image"),
+            A.SmallestMaxSize(
+                max_size=aug.test_resize, interpolation=cv2.INTER_LINEAR, area_for_downscale="image"
+            ),
             A.CenterCrop(**crop),
         ]
     if train and aug.hflip and aug.kind != "none":

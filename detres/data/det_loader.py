@@ -19,7 +19,6 @@ import random
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -82,9 +81,9 @@ def build_det_sources(cfg: Config, train: bool) -> list[DetSource]:
 
 
 def worker_init(worker_id: int) -> None:
-    """Per-worker set-up: one cv2 thread (the workers are the parallelism) and RNGs seeded
-    from the worker's seed (per-sample seeds, when present, take over afterwards)."""
-    cv2.setNumThreads(1)
+    """Per-worker set-up: RNGs seeded from the worker's seed (per-sample seeds, when present,
+    take over afterwards). cv2's thread count is set once in the parent (detres.data): calling
+    cv2.setNumThreads in a forked worker can deadlock on the parent's thread pool."""
     info = get_worker_info()
     seed = (info.seed if info is not None else torch.initial_seed()) % 2**31
     random.seed(seed)

@@ -10,8 +10,12 @@ Two sets, written under the data root as ImageFolder trees plus a ``manifest.jso
   position, size, small rotation, colours, a colour-gradient background, clutter strokes
   and pixel noise. 500 train / 100 val images per class.
 - ``synthetic_cls_hard``: 32 fine-grained classes (8 shapes x 4 fill textures) at 32x32,
-  smaller objects, lower contrast, more noise and two distractor objects per image; meant
-  for CIFAR-style 6n+2 nets and the paper's depth (degradation) experiment.
+  smaller objects, lower contrast, more noise and two distractor objects per image
+  (400 train / 60 val per class); for CIFAR-style 6n+2 nets and the paper's depth
+  (degradation) experiment.
+
+Every class is invariant under horizontal flips (flip augmentation keeps labels), not under
+vertical flips or large rotations (triangle vs triangle_down, stripe orientation).
 
 Rendering is numpy only (vectorized over images, one ``default_rng`` per split with a fixed
 seed) and takes a few seconds. Writing goes to a temporary directory that is renamed into
@@ -41,8 +45,7 @@ from detres.data.imagefolder import ImageFolderSource
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-SHAPES = ("disc", "ring", "square", "triangle", "plus", "star", "crescent", "diamond",
-          "triangle_down")
+SHAPES = tuple("disc ring square triangle plus star crescent diamond triangle_down".split())
 TEXTURES = ("solid", "hstripes", "vstripes", "checker")
 
 
@@ -73,23 +76,29 @@ class SynthClsSpec:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-_DEMO_CLASSES = tuple((s, "solid") for s in SHAPES[:7]) + tuple(
-    ("square", t) for t in TEXTURES[1:]
-)
-_HARD_SHAPES = ("disc", "square", "triangle", "triangle_down", "plus", "star", "crescent",
-                "diamond")
+_DEMO_CLASSES = tuple((s, "solid") for s in SHAPES[:7]) + tuple(("square", t) for t in TEXTURES[1:])
+_HARD_SHAPES = tuple("disc square triangle triangle_down plus star crescent diamond".split())
 
 SPECS: dict[str, SynthClsSpec] = {
     "synthetic_cls": SynthClsSpec(
-        name="synthetic_cls", classes=_DEMO_CLASSES, train_per_class=500, val_per_class=100,
+        name="synthetic_cls",
+        classes=_DEMO_CLASSES,
+        train_per_class=500,
+        val_per_class=100,
         seed=20151210,
     ),
     "synthetic_cls_hard": SynthClsSpec(
         name="synthetic_cls_hard",
         classes=tuple((s, t) for s in _HARD_SHAPES for t in TEXTURES),
-        train_per_class=500, val_per_class=100, seed=20151211,
-        radius=(0.18, 0.32), contrast=60.0, opacity=(0.6, 1.0), noise=(8.0, 24.0),
-        clutter=4, distractors=2,
+        train_per_class=400,
+        val_per_class=60,
+        seed=20151211,
+        radius=(0.18, 0.32),
+        contrast=60.0,
+        opacity=(0.6, 1.0),
+        noise=(8.0, 24.0),
+        clutter=4,
+        distractors=2,
     ),
 }
 
@@ -121,8 +130,9 @@ def _sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown synthetic shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-def _texture(tex: str, x: np.ndarray, y: np.ndarray, period: np.ndarray,
-             phase: np.ndarray) -> np.ndarray:
+def _texture(
+    tex: str, x: np.ndarray, y: np.ndarray, period: np.ndarray, phase: np.ndarray
+) -> np.ndarray:
     """1 where the object shows its main colour, 0 for its second colour (x, y in px)."""
     if tex == "solid":
         return np.ones_like(x)
@@ -133,7 +143,8 @@ def _texture(tex: str, x: np.ndarray, y: np.ndarray, period: np.ndarray,
     if tex == "checker":
         c = period / 2
         return (np.mod(np.floor((x + phase) / c) + np.floor((y + phase) / c), 2) == 0).astype(
-            np.float32)
+            np.float32
+        )
     raise ValueError(f"unknown synthetic texture {tex!r}; known: {', '.join(TEXTURES)}")
 
 
@@ -148,8 +159,9 @@ def _colours_far_from(base: np.ndarray, min_dist: float, rng: np.random.Generato
     return out
 
 
-def _windows(img: np.ndarray, cx: np.ndarray, cy: np.ndarray,
-             half: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _windows(
+    img: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Writable (n, 3, W, W) window views of ``img`` and their corners ``x0``, ``y0``: per
     image a square of side W covering ``[c - half, c + half]``, clipped to the image."""
     n, s = img.shape[:2]
@@ -161,8 +173,14 @@ def _windows(img: np.ndarray, cx: np.ndarray, cy: np.ndarray,
     return view, x0, y0
 
 
-def _blend(view: np.ndarray, x0: np.ndarray, y0: np.ndarray, patch: np.ndarray,
-           alpha: np.ndarray, colour: np.ndarray) -> None:
+def _blend(
+    view: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    patch: np.ndarray,
+    alpha: np.ndarray,
+    colour: np.ndarray,
+) -> None:
     """window = patch + alpha * (colour - patch), with patch (n,W,W,3) and alpha (n,W,W)."""
     out = patch + alpha[..., None] * (colour - patch)
     view[np.arange(len(x0)), y0, x0] = out.transpose(0, 3, 1, 2)
@@ -172,9 +190,14 @@ def _patch(view: np.ndarray, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
     return view[np.arange(len(x0)), y0, x0].transpose(0, 2, 3, 1)  # (n, W, W, 3) copy
 
 
-def _draw_objects(img: np.ndarray, cls_idx: np.ndarray, spec: SynthClsSpec,
-                  radius: tuple[float, float], opacity: tuple[float, float],
-                  rng: np.random.Generator) -> None:
+def _draw_objects(
+    img: np.ndarray,
+    cls_idx: np.ndarray,
+    spec: SynthClsSpec,
+    radius: tuple[float, float],
+    opacity: tuple[float, float],
+    rng: np.random.Generator,
+) -> None:
     """Composite one object of class ``cls_idx[i]`` onto each image, in place."""
     n, s = img.shape[0], spec.image_size
     r = rng.uniform(*radius, n) * s
@@ -204,8 +227,13 @@ def _draw_objects(img: np.ndarray, cls_idx: np.ndarray, spec: SynthClsSpec,
         sel = cls_idx == k
         d = _sdf(shape, x[sel] / r3[sel], y[sel] / r3[sel]) * r3[sel]  # px
         mask[sel] = np.clip(0.5 - d, 0.0, 1.0)  # ~1 px anti-aliased edge
-        tex[sel] = _texture(texture, x[sel], y[sel], period[sel, None, None].astype(f32),
-                            phase[sel, None, None].astype(f32))
+        tex[sel] = _texture(
+            texture,
+            x[sel],
+            y[sel],
+            period[sel, None, None].astype(f32),
+            phase[sel, None, None].astype(f32),
+        )
     t = tex[..., None]
     colour = col_b[:, None, None] + t * (col_a - col_b)[:, None, None]
     _blend(view, x0, y0, patch, mask * alpha.astype(f32)[:, None, None], colour)
@@ -232,8 +260,7 @@ def _draw_strokes(img: np.ndarray, count: int, rng: np.random.Generator) -> None
         ux, uy = ux[:, None, None], uy[:, None, None]
         along = np.clip(px * ux + py * uy, 0, length.astype(f32)[:, None, None])
         dist = np.hypot(px - along * ux, py - along * uy)
-        _blend(view, x0, y0, _patch(view, x0, y0), np.clip(width + 0.5 - dist, 0, 1) * alpha,
-               col)
+        _blend(view, x0, y0, _patch(view, x0, y0), np.clip(width + 0.5 - dist, 0, 1) * alpha, col)
 
 
 def render(spec: SynthClsSpec, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -248,8 +275,14 @@ def render(spec: SynthClsSpec, labels: np.ndarray, rng: np.random.Generator) -> 
     img = c0[:, None, None] + t[..., None] * (c1 - c0)[:, None, None]
     _draw_strokes(img, spec.clutter, rng)
     for _ in range(spec.distractors):
-        _draw_objects(img, rng.integers(0, len(spec.classes), n), spec,
-                      spec.distractor_radius, (0.35, 0.7), rng)
+        _draw_objects(
+            img,
+            rng.integers(0, len(spec.classes), n),
+            spec,
+            spec.distractor_radius,
+            (0.35, 0.7),
+            rng,
+        )
     _draw_objects(img, labels, spec, spec.radius, spec.opacity, rng)
     sigma = rng.uniform(*spec.noise, n).astype(np.float32)[:, None, None, None]
     img += rng.standard_normal(img.shape, dtype=np.float32) * sigma
@@ -290,8 +323,9 @@ def is_complete(target: Path, spec: SynthClsSpec) -> bool:
     for split in SPLITS:
         for cls in spec.class_names():
             d = target / split / cls
-            if not d.is_dir() or sum(1 for e in os.scandir(d) if e.name.endswith(".png")) != (
-                counts[split]
+            if (
+                not d.is_dir()
+                or sum(1 for e in os.scandir(d) if e.name.endswith(".png")) != (counts[split])
             ):
                 return False
     return True
@@ -313,8 +347,14 @@ def write_set(spec: SynthClsSpec, out: Path) -> None:
                 raise OSError(f"cannot encode synthetic image {path}")
             with open(path, "wb") as f:
                 f.write(buf)
-    manifest = {"generator": spec.name, "version": FORMAT_VERSION, "seed": spec.seed,
-                "classes": names, "counts": _expected_counts(spec), "spec": spec.to_json()}
+    manifest = {
+        "generator": spec.name,
+        "version": FORMAT_VERSION,
+        "seed": spec.seed,
+        "classes": names,
+        "counts": _expected_counts(spec),
+        "spec": spec.to_json(),
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
@@ -352,8 +392,11 @@ def generate_synthetic_cls(
         if spec not in SPECS:
             raise KeyError(f"unknown synthetic set {spec!r}; known: {', '.join(SPECS)}")
         spec = SPECS[spec]
-    changes = {k: v for k, v in (("train_per_class", train_per_class),
-                                 ("val_per_class", val_per_class)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (("train_per_class", train_per_class), ("val_per_class", val_per_class))
+        if v is not None
+    }
     if any(v <= 0 for v in changes.values()):
         raise ValueError(f"synthetic set {spec.name!r}: per-class counts must be > 0: {changes}")
     spec = dataclasses.replace(spec, **changes)
