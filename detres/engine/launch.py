@@ -24,13 +24,10 @@ def train_argparser(description: str, default_cfg: str) -> argparse.ArgumentPars
         help=f"config path or name under configs/ (default: {default_cfg})",
     )
     p.add_argument("--out-dir", default="", help="output directory (default: output/<cfg name>)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        help="continue from OUT_DIR/checkpoint_last.pth, or from the given file",
-    )
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT_DIR/checkpoint_last.pth (a fresh start if none)")
+    p.add_argument("--resume-from", default=None, metavar="CKPT",
+                   help="continue from this checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate cfg model.weights and exit")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     return p
