@@ -39,13 +39,16 @@ class Backbone(nn.Module, ABC):
     #: Input side the network was designed for (224 ImageNet, 32 CIFAR); used by analysis.
     default_input_size: int = 224
 
-    @abstractmethod
+    #: Stage name -> channels and stride, in forward order (set by the constructor).
+    _shapes: dict[str, ShapeSpec]
+
     def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
         """The requested stages, computing nothing past the last one."""
+        return run_stages(self.stage_modules(), x, out_features)
 
-    @abstractmethod
     def output_shape(self) -> dict[str, ShapeSpec]:
         """Channels and stride of every stage, in forward order."""
+        return dict(self._shapes)
 
     @abstractmethod
     def stage_modules(self) -> dict[str, nn.Module]:

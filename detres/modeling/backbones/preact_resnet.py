@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from detres.modeling.backbones.base import Backbone, ShapeSpec, run_stages
+from detres.modeling.backbones.base import Backbone, ShapeSpec
 from detres.modeling.backbones.resnet import (
     SHORTCUTS,
     NormLayer,
@@ -186,12 +186,6 @@ class PreActResNet(Backbone):
             layer = getattr(self, f"layer{i + 1}")
             stages[name] = nn.Sequential(layer, self.bn_final, self.relu) if i == last else layer
         return stages
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return dict(self._shapes)
-
-    def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
-        return run_stages(self.stage_modules(), x, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         for stage in self.stage_modules().values():

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from detres.modeling.backbones.base import Backbone, ShapeSpec, run_stages
+from detres.modeling.backbones.base import Backbone, ShapeSpec
 
 NormLayer = Callable[[int], nn.Module]
 SHORTCUTS = ("A", "B", "C", "none")
@@ -264,12 +264,6 @@ class ResNet(Backbone):
         for i, name in enumerate(self.stage_names[1:]):
             stages[name] = getattr(self, f"layer{i + 1}")
         return stages
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return dict(self._shapes)
-
-    def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
-        return run_stages(self.stage_modules(), x, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         for stage in self.stage_modules().values():

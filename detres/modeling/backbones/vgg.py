@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from detres.modeling.backbones.base import Backbone, ShapeSpec, run_stages
+from detres.modeling.backbones.base import Backbone, ShapeSpec
 
 # Channels of the convs of each block (configuration "D"); a max pool closes each block.
 _VGG16_BLOCKS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -94,12 +94,6 @@ class VGG(Backbone):
             name: self.features[a:b]
             for name, a, b in zip(self.stage_names, starts, self._stage_ends, strict=True)
         }
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return dict(self._shapes)
-
-    def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
-        return run_stages(self.stage_modules(), x, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.avgpool(self.features(x)).flatten(1)
