@@ -160,7 +160,7 @@ def test_checkpoint_is_atomic_and_safe(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
         pickle.dump({"model": print}, f, protocol=2)
-    with pytest.raises(RuntimeError, match="evil.pth"):
+    with pytest.raises(ValueError, match="evil.pth"):
         ckpt.load_file(evil)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         ckpt.load_file(tmp_path / "nope.pth")

@@ -84,9 +84,10 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, or a pickle with code in it
-        raise RuntimeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path} cannot be read as a checkpoint: {type(e).__name__}: {msg}") from e
     if not isinstance(obj, dict):
-        raise RuntimeError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
+        raise ValueError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
     return obj
 
 

@@ -357,14 +357,9 @@ def load_detector_weights(model: FasterRCNN, path: str | Path) -> dict[str, Any]
     """Load a detres detector checkpoint (``{"model": state_dict, "class_names": ...,
     "category_ids": ...}``, a Trainer checkpoint with those two under ``"meta"``, or a bare
     state dict) strictly; returns the checkpoint dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"detector weights {str(path)!r} not found (model.weights)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(
-            f"detector weights {str(path)!r}: expected a dict, got {type(ckpt).__name__}"
-        )
+    from detres.engine.checkpoint import load_file  # late: the engine imports modeling
+
+    ckpt = load_file(path)  # weights_only=True; errors name the file
     state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:

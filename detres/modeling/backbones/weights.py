@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -28,15 +27,9 @@ _TORCHVISION_RESNET = re.compile(r"^(resnet|resnext|wide_resnet)\d+.*-[0-9a-f]{8
 def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """``(state_dict, config or None)`` from a plain state dict file or a detres checkpoint
     ``{"model": state_dict, "config": {...}, ...}``; a DDP ``module.`` prefix is removed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure: name the file
-        raise ValueError(f"weights file {str(path)!r} cannot be read by torch.load: {e}") from e
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"weights file {str(path)!r} holds a {type(obj).__name__}, not a dict")
+    from detres.engine.checkpoint import load_file  # late: the engine imports modeling
+
+    obj = load_file(path)  # weights_only=True; errors name the file
     config: dict[str, Any] | None = None
     if isinstance(obj.get("model"), Mapping):
         state, cfg = obj["model"], obj.get("config")
