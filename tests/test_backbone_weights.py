@@ -46,8 +46,8 @@ def test_torchvision_file_loads_into_v15_resnet50(tmp_path: Path) -> None:
         warnings.simplefilter("error")  # the v1.5 model: no variant warning
         load_weights(ours, path)
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x))
+    with torch.no_grad():  # eval-mode BN is folded into the convs: float32 rounding differs
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
     # The paper's variant takes the same shapes, but the file is torchvision's v1.5: warn.
     with pytest.warns(UserWarning, match="stride_in_1x1=False"):
         load_weights(build_classifier("resnet50"), path)

@@ -285,9 +285,12 @@ def build_detector(cfg: Config) -> FasterRCNN:
         feats = list(m.fpn.in_features)
         neck = FPN(input_shapes={k: shapes[k] for k in feats}, out_channels=m.fpn.out_channels)
         in_ch = m.fpn.out_channels
-        levels = list(neck.output_shape())[: len(feats)]  # p2..p5 (p6 is RPN-only)
+        levels = list(neck.output_shape().items())[: len(feats)]  # p2..p5 (p6 is RPN-only)
         pooler = MultiLevelPooler(
-            features=levels, output_size=rh.pooler_resolution, sampling_ratio=rh.sampling_ratio
+            features=[name for name, _ in levels],
+            strides=[shape.stride for _, shape in levels],
+            output_size=rh.pooler_resolution,
+            sampling_ratio=rh.sampling_ratio,
         )
         box_head = TwoMLPHead(in_features=in_ch * rh.pooler_resolution**2, fc_dim=rh.fc_dim)
         head_dim = rh.fc_dim

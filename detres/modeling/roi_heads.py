@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
+from torchvision.ops import roi_pool
 
 from detres.modeling.box_coder import BoxCoder
 from detres.modeling.box_ops import (
@@ -37,6 +37,7 @@ from detres.modeling.box_ops import (
     split_by_image,
 )
 from detres.modeling.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, match_boxes
+from detres.modeling.roi_align import multilevel_roi_align, roi_align
 from detres.modeling.rpn import box_regression_loss
 from detres.modeling.sampler import BalancedSampler
 
@@ -52,8 +53,9 @@ def _rois(proposals: list[Tensor]) -> Tensor:
 
 
 class SingleLevelPooler(nn.Module):
-    """RoIAlign (``aligned=True``, Detectron2's ROIAlignV2) or RoIPool (the paper) on one
-    feature map: ``(N, C, H, W)`` + R RoIs -> ``(R, C, S, S)``."""
+    """RoIAlign (``aligned=True``, Detectron2's ROIAlignV2; detres' embedding-bag kernel,
+    :mod:`detres.modeling.roi_align`) or RoIPool (the paper; torchvision's) on one feature
+    map: ``(N, C, H, W)`` + R RoIs -> ``(R, C, S, S)``."""
 
     def __init__(
         self, *, feature: str, kind: str, output_size: int, stride: int, sampling_ratio: int = 0
@@ -75,23 +77,30 @@ class SingleLevelPooler(nn.Module):
         image_sizes: list[tuple[int, int]],
     ) -> Tensor:
         x = features[self.feature]
-        if x.dtype in (torch.float16, torch.bfloat16):  # pool in float32, as autocast would
-            return self.forward({self.feature: x.float()}, proposals, image_sizes).to(x.dtype)
-        rois = _rois(proposals).to(x.dtype)  # (R, 5)
+        rois = _rois(proposals).float()  # (R, 5)
+        if self.kind == "ROIAlign":  # pools in float32, returns x.dtype
+            return roi_align(x, rois, self.output_size, self.scale, self.sampling_ratio, True)
         size = (self.output_size, self.output_size)
-        if self.kind == "ROIPool":
-            return roi_pool(x, rois, size, self.scale)
-        return roi_align(x, rois, size, self.scale, self.sampling_ratio, aligned=True)
+        return roi_pool(x.float(), rois, size, self.scale).to(x.dtype)
 
 
 class MultiLevelPooler(nn.Module):
-    """torchvision's ``MultiScaleRoIAlign`` (FPN level assignment, ``aligned=False``)."""
+    """torchvision's ``MultiScaleRoIAlign`` (FPN level assignment by box size, canonical 224 px
+    at level 4, ``aligned=False``) on detres' RoIAlign kernel; ``strides`` of the levels."""
 
     def __init__(
-        self, *, features: list[str], output_size: int = 7, sampling_ratio: int = 2
+        self,
+        *,
+        features: list[str],
+        strides: list[int],
+        output_size: int = 7,
+        sampling_ratio: int = 2,
     ) -> None:
         super().__init__()
-        self.pool = MultiScaleRoIAlign(features, output_size, sampling_ratio)
+        if len(features) != len(strides):
+            raise ValueError(f"{len(features)} pooled levels but {len(strides)} strides")
+        self.features, self.strides = list(features), list(strides)
+        self.output_size, self.sampling_ratio = output_size, sampling_ratio
 
     def forward(
         self,
@@ -99,12 +108,11 @@ class MultiLevelPooler(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
     ) -> Tensor:
-        sizes = [(int(h), int(w)) for h, w in image_sizes]
-        dtype = next(iter(features.values())).dtype
-        if dtype in (torch.float16, torch.bfloat16):  # pool in float32, as autocast would
-            feats = {k: v.float() for k, v in features.items()}
-            return self.pool(feats, [p.float() for p in proposals], sizes).to(dtype)
-        return self.pool(features, [p.to(dtype) for p in proposals], sizes)
+        rois = _rois(proposals).float()  # (R, 5)
+        feats = [features[k] for k in self.features]
+        return multilevel_roi_align(
+            feats, self.strides, rois, self.output_size, self.sampling_ratio, aligned=False
+        )
 
 
 class Res5Head(nn.Module):

@@ -1,0 +1,87 @@
+"""detres' fast paths give the reference results: BatchNorm folded into convolutions (forward
+and gradients, frozen and eval-mode BN) and a whole detector with fast vs reference ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from detres.config import load_config
+from detres.modeling import build_detector
+from detres.modeling.backbones.resnet import conv_norm
+from detres.modeling.fastpath import reference_ops
+
+
+def _norm(kind: str, c: int) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    bn = nn.BatchNorm2d(c) if kind == "BN" else FrozenBatchNorm2d(c)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(c, generator=g))
+        bn.running_mean.copy_(torch.randn(c, generator=g))
+        bn.running_var.copy_(torch.rand(c, generator=g) + 0.2)
+    return bn.eval()
+
+
+@pytest.mark.parametrize("kind", ["FrozenBN", "BN"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_norm_folds_exactly(kind: str, bias: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=bias).double()
+    norm = _norm(kind, 8).double()
+    x = torch.randn(2, 6, 11, 9, dtype=torch.float64)
+    fused = conv_norm(x, conv, norm)
+    (g_fused,) = torch.autograd.grad(fused.square().sum(), conv.weight)
+    ref = norm(conv(x))
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), conv.weight)
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(g_fused, g_ref)
+
+
+def test_conv_norm_training_bn_is_not_folded() -> None:
+    conv, norm = nn.Conv2d(3, 4, 1), _norm("BN", 4).train()
+    x = torch.randn(4, 3, 5, 5)
+    before = norm.running_mean.clone()
+    conv_norm(x, conv, norm)
+    assert not torch.equal(norm.running_mean, before)  # batch statistics were used
+
+
+def test_detector_fast_ops_match_reference() -> None:
+    cfg = load_config("demo.yaml", ["model.backbone.norm=FrozenBN", "model.backbone.freeze_at=2"])
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 128, 160, generator=g)
+    targets = [
+        {"gt_boxes": torch.tensor([[10.0, 20, 60, 90], [70, 5, 150, 60]]),
+         "gt_classes": torch.tensor([1, 3]), "image_size": (128, 160)},
+        {"gt_boxes": torch.tensor([[30.0, 30, 90, 100]]), "gt_classes": torch.tensor([2]),
+         "image_size": (120, 150)},
+    ]
+    torch.manual_seed(5)
+    fast = model.losses(images, targets)
+    torch.autograd.backward(sum(fast.values()))
+    grads_fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    torch.manual_seed(5)
+    with reference_ops():
+        ref = model.losses(images, targets)
+        torch.autograd.backward(sum(ref.values()))
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-4, atol=1e-5)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads_fast[n], p.grad, rtol=1e-3, atol=1e-5, msg=n)
+    sizes = [(128, 160), (120, 150)]
+    with torch.no_grad():  # spread the class scores so that detections pass the threshold
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.5, generator=g)
+    det_fast = model.inference(images, sizes)
+    with reference_ops():
+        det_ref = model.inference(images, sizes)
+    assert sum(len(d["boxes"]) for d in det_ref) > 10
+    for a, b in zip(det_fast, det_ref, strict=True):
+        assert len(a["boxes"]) == len(b["boxes"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
