@@ -79,3 +79,15 @@ def cifar10_writer() -> Callable[..., Path]:
 def imagefolder_writer() -> Callable[..., Path]:
     """:func:`write_imagefolder`."""
     return write_imagefolder
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu``-marked tests are skipped, with the reason shown, where CUDA is unavailable."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

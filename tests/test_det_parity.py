@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
-from torchvision.models.detection._utils import overwrite_eps
 
 from detres.config import from_dict, load_config
 from detres.modeling import build_detector
-from detres.modeling.backbones.base import convert_frozen_batchnorm
 from detres.modeling.convert import (
     TORCHVISION_R50_FPN_OVERRIDES,
+    build_torchvision_frcnn,
     coco_layout,
     convert_torchvision_frcnn,
     torchvision_frcnn_checkpoint,
@@ -35,37 +34,7 @@ OVERRIDES = TORCHVISION_R50_FPN_OVERRIDES + [
 @pytest.fixture(scope="module")
 def torchvision_model() -> torch.nn.Module:
     """Random weights, set up like the COCO_V1 release: FrozenBatchNorm2d with eps 0."""
-    torch.manual_seed(0)
-    tv = fasterrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=91,
-        min_size=SETTINGS["min_size"],
-        max_size=SETTINGS["max_size"],
-        rpn_pre_nms_top_n_test=SETTINGS["pre_nms"],
-        rpn_post_nms_top_n_test=SETTINGS["post_nms"],
-        box_score_thresh=0.05,
-        box_nms_thresh=0.5,
-        box_detections_per_img=100,
-    )
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in tv.backbone.body.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics
-                m.weight.uniform_(0.2, 0.6, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-        pred = tv.roi_heads.box_predictor  # spread the scores so that detections pass 0.05
-        pred.cls_score.weight.normal_(0, 0.2, generator=g)
-        pred.cls_score.bias.normal_(0, 1.0, generator=g)
-        pred.bbox_pred.weight.normal_(0, 0.05, generator=g)
-        used = set(coco_layout()[0])
-        # unused ids ("N/A") are never predicted by trained weights; here exactly never
-        pred.cls_score.bias[[i for i in range(1, 91) if i not in used]] = -1e4
-    tv.backbone.body = convert_frozen_batchnorm(tv.backbone.body)
-    overwrite_eps(tv, 0.0)
-    return tv.eval()
+    return build_torchvision_frcnn(load_config(None, OVERRIDES), seed=0).eval()
 
 
 def images() -> list[torch.Tensor]:

@@ -57,12 +57,17 @@ class RPNHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
+        a = self.objectness_logits.out_channels
+        # both 1x1 convs as one (A + 4A outputs): one pass over the shared features per level
+        weight = torch.cat([self.objectness_logits.weight, self.anchor_deltas.weight])
+        bias = torch.cat([self.objectness_logits.bias, self.anchor_deltas.bias])
         for x in features:
-            t = F.relu(self.conv(x))
-            o = self.objectness_logits(t)
-            n, a, h, w = o.shape
+            t = F.relu(self.conv(x), inplace=True)
+            both = F.conv2d(t, weight, bias)  # (N, 5A, Hi, Wi)
+            n, _, h, w = both.shape
+            o, d = both[:, :a], both[:, a:]
             logits.append(o.permute(0, 2, 3, 1).reshape(n, -1))  # (N, A, Hi, Wi) -> (N, Ti)
-            d = self.anchor_deltas(t).view(n, a, 4, h, w)  # (N, A*4, Hi, Wi) -> (N, A, 4, Hi, Wi)
+            d = d.reshape(n, a, 4, h, w)  # (N, A*4, Hi, Wi) -> (N, A, 4, Hi, Wi)
             deltas.append(d.permute(0, 3, 4, 1, 2).reshape(n, -1, 4))  # -> (N, Ti, 4)
         return logits, deltas
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -51,8 +52,20 @@ class FPN(FeaturePyramidNetwork):
         missing = [k for k in self.in_features if k not in x]
         if missing:
             raise KeyError(f"FPN needs backbone stages {self.in_features}; missing {missing}")
-        out = super().forward(OrderedDict((k, x[k]) for k in self.in_features))
-        return OrderedDict(zip(self._shapes, out.values(), strict=True))
+        # torchvision's FeaturePyramidNetwork.forward, with the top-down sum done in place
+        # (the lateral conv's output is not needed by its backward): one fresh map fewer
+        feats = [x[k] for k in self.in_features]
+        last_inner = self.get_result_from_inner_blocks(feats[-1], -1)
+        results = [self.get_result_from_layer_blocks(last_inner, -1)]
+        for idx in range(len(feats) - 2, -1, -1):
+            lateral = self.get_result_from_inner_blocks(feats[idx], idx)
+            top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
+            last_inner = lateral.add_(top_down)
+            results.insert(0, self.get_result_from_layer_blocks(last_inner, idx))
+        names = list(self._shapes)
+        if self.extra_blocks is not None:
+            results, names = self.extra_blocks(results, feats, names)
+        return OrderedDict(zip(self._shapes, results, strict=True))
 
 
 def _log2(stride: int) -> int:

@@ -160,8 +160,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(conv_norm(x, self.conv1, self.bn1))
         out = conv_norm(out, self.conv2, self.bn2)
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        if self.residual:  # in place, as torchvision: no fresh buffer per block
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 
@@ -201,8 +201,8 @@ class Bottleneck(nn.Module):
         out = self.relu(conv_norm(x, self.conv1, self.bn1))
         out = self.relu(conv_norm(out, self.conv2, self.bn2))
         out = conv_norm(out, self.conv3, self.bn3)
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        if self.residual:  # in place, as torchvision: no fresh buffer per block
+            out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
 

@@ -1,0 +1,237 @@
+"""The figures of ``tools/benchmark.py``, one function each, returning plain dicts.
+
+Inference latency is per image (batch 1, through ``predict``: resize, normalize, detect);
+a training iteration is forward + backward + SGD step on a fixed batch; GFLOP/s divide the
+backbone + neck FLOPs by the time of ``model.features``; the loader figure is images/s of
+the configured training loader, drained without a model.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from detres.config import Config
+from detres.engine.benchmark import (
+    PeakMemory,
+    alternate,
+    conv_throughput,
+    detres_inference,
+    detres_train_step,
+    feature_flops,
+    match_detections,
+    pad_batch,
+    resized_size,
+    summarize,
+    synthetic_images,
+    synthetic_targets,
+    torchvision_reference,
+)
+from detres.engine.trainer import autocast_context
+from detres.modeling.faster_rcnn import FasterRCNN
+from detres.modeling.fastpath import reference_ops
+
+
+def _train_inputs(cfg: Config, hw: tuple[int, int], batch: int, seed: int = 0):
+    i = cfg.model.input
+    size = resized_size(hw, i.min_size_train[0], i.max_size_train)
+    images = [torch.nn.functional.interpolate(x[None], size=size, mode="bilinear")[0]
+              for x in synthetic_images(batch, hw, seed)]
+    targets = synthetic_targets(batch, size, cfg.model.num_classes, seed=seed)
+    return images, targets, size
+
+
+def bench_inference(model: FasterRCNN, hw: tuple[int, int], device: torch.device,
+                    precision: str, *, warmup: int, repeats: int) -> dict[str, Any]:
+    run = detres_inference(model.eval(), synthetic_images(1, hw), device, precision)
+    with PeakMemory(device) as mem:
+        times = alternate({"ours": run}, device, warmup=warmup, repeats=repeats)["ours"]
+    return {**summarize(times), "peak_mib": mem.peak_mib, "image_size": list(hw)}
+
+
+def bench_train(cfg: Config, model: FasterRCNN, hw: tuple[int, int], device: torch.device,
+                precision: str, channels_last: bool, *, batch: int, warmup: int,
+                repeats: int) -> dict[str, Any]:
+    images, targets, size = _train_inputs(cfg, hw, batch)
+    work = copy.deepcopy(model)  # the optimizer steps must not change the caller's model
+    step = detres_train_step(work, pad_batch(images, cfg.model.input.size_divisibility),
+                             targets, device, precision, channels_last)
+    with PeakMemory(device) as mem:
+        times = alternate({"ours": step}, device, warmup=warmup, repeats=repeats)["ours"]
+    return {**summarize(times), "peak_mib": mem.peak_mib, "batch": batch,
+            "train_size": list(size), "images_per_s": batch / summarize(times)["median_s"]}
+
+
+def bench_efficiency(model: FasterRCNN, cfg: Config, hw: tuple[int, int],
+                     device: torch.device, precision: str, channels_last: bool, *,
+                     warmup: int, repeats: int) -> dict[str, Any]:
+    """Achieved GFLOP/s of backbone + neck beside a large 3x3 convolution's."""
+    i = cfg.model.input
+    h, w = resized_size(hw, i.min_size_test, i.max_size_test)
+    d = i.size_divisibility
+    ph, pw = -(-h // d) * d, -(-w // d) * d
+    flops = feature_flops(model, (ph, pw))
+    x = torch.rand(1, 3, ph, pw, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.eval()
+
+    def run() -> None:
+        with torch.inference_mode(), autocast_context(device, "none" if precision == "fp32"
+                                                      else precision):
+            model.features(x)
+    t = summarize(alternate({"f": run}, device, warmup=warmup, repeats=repeats)["f"])
+    achieved = flops / t["median_s"] / 1e9
+    peak = conv_throughput(device, precision, channels_last)
+    return {"input": [ph, pw], "gflop": flops / 1e9, "features_s": t["median_s"],
+            "achieved_gflops": achieved, "conv3x3_gflops": peak, "fraction": achieved / peak}
+
+
+def bench_loader(cfg: Config, *, workers: int, batch: int, batches: int) -> dict[str, Any]:
+    """Images/s of the training loader (decode, augment, collate) with ``workers`` workers."""
+    from detres.data.det_loader import build_det_train_loader
+
+    cfg = copy.deepcopy(cfg)
+    cfg.data.num_workers = workers
+    loader = build_det_train_loader(cfg, batch)
+    it = iter(loader)
+    next(it)  # workers started, first batch out
+    t0 = time.perf_counter()
+    n = sum(len(images) for images, _ in itertools.islice(it, batches))
+    dt = time.perf_counter() - t0
+    return {"workers": workers, "batch": batch, "images": n, "seconds": dt, "images_per_s": n / dt}
+
+
+def bench_vs_torchvision(cfg: Config, hw: tuple[int, int], device: torch.device,
+                         precision: str, channels_last: bool, *, batch: int, warmup: int,
+                         repeats: int, weights: str | None = None,
+                         train: bool = True) -> dict[str, Any]:
+    """torchvision's R50-FPN and ours with the same weights and settings, A B A B."""
+    tv, ours = torchvision_reference(cfg, weights=weights)
+    tv, ours = tv.to(device), ours.to(device)
+    if channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
+    images = [x.to(device) for x in synthetic_images(2, hw, seed=1)]
+
+    def tv_run() -> list[dict[str, Any]]:
+        with torch.inference_mode():
+            return tv(images[:1])
+    fns = {"torchvision_fp32": tv_run,
+           "ours_fp32": detres_inference(ours, images[:1], device, "fp32")}
+    if precision != "fp32":
+        fns[f"ours_{precision}"] = detres_inference(ours, images[:1], device, precision)
+    times = alternate(fns, device, warmup=warmup, repeats=repeats)
+    out: dict[str, Any] = {"inference": {k: summarize(v) for k, v in times.items()}}
+    ref = tv_run()
+    out["agreement"] = {
+        k.removeprefix("ours_"): [match_detections(r, o) for r, o in zip(
+            ref, detres_inference(ours, images[:1], device, k.removeprefix("ours_"))(),
+            strict=True)]
+        for k in fns if k.startswith("ours_")}
+    if train:
+        imgs, targets, size = _train_inputs(cfg, hw, batch, seed=2)
+        tv_train = copy.deepcopy(tv).train()
+        tv_train.transform.min_size = (size[0],)  # already resized: the transform keeps it
+        tv_params = [p for p in tv_train.parameters() if p.requires_grad]
+        tv_opt = torch.optim.SGD(tv_params, lr=1e-4, momentum=0.9)
+        ids = torch.tensor(ours.category_ids, device=device)
+        tv_imgs = [x.to(device) for x in imgs]
+        tv_targets = [{"boxes": t["gt_boxes"].to(device), "labels": ids[t["gt_classes"] - 1]}
+                      for t in targets]
+
+        def tv_step() -> float:
+            loss = sum(tv_train(tv_imgs, tv_targets).values())
+            tv_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            tv_opt.step()
+            return float(loss.detach())
+        batch_t = pad_batch(imgs, cfg.model.input.size_divisibility)
+        steps = {"torchvision_fp32": tv_step,
+                 "ours_fp32": detres_train_step(copy.deepcopy(ours), batch_t, targets, device,
+                                                "fp32", channels_last)}
+        if precision != "fp32":
+            steps[f"ours_{precision}"] = detres_train_step(
+                copy.deepcopy(ours), batch_t, targets, device, precision, channels_last)
+        t = alternate(steps, device, warmup=warmup, repeats=repeats)
+        out["train"] = {k: summarize(v) for k, v in t.items()}
+        out["train_size"], out["batch"] = list(size), batch
+    for key in ("inference", "train"):
+        if key in out:
+            base = out[key]["torchvision_fp32"]["median_s"]
+            out[key + "_speedup"] = {k: base / v["median_s"] for k, v in out[key].items()
+                                     if k != "torchvision_fp32"}
+    return out
+
+
+def bench_ablation(model: FasterRCNN, hw: tuple[int, int], device: torch.device,
+                   precision: str, *, warmup: int, repeats: int) -> dict[str, Any]:
+    """Inference with each technique on and off: detres' kernels (RoIAlign gather, BN folded
+    into convolutions) vs the reference ops, NCHW vs channels-last, fp32 vs ``precision``."""
+    images = synthetic_images(1, hw)
+    nchw, cl = model.eval(), copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    variants: dict[str, Any] = {}
+    for layout, m in (("nchw", nchw), ("channels_last", cl)):
+        for prec in dict.fromkeys(("fp32", precision)):
+            run = detres_inference(m, images, device, prec)
+
+            def ref_run(run: Any = run) -> Any:
+                with reference_ops():
+                    return run()
+            variants[f"reference_ops/{layout}/{prec}"] = ref_run
+            variants[f"fast_ops/{layout}/{prec}"] = run
+    times = alternate(variants, device, warmup=warmup, repeats=repeats)
+    return {k: summarize(v) for k, v in times.items()}
+
+
+def bench_ops(device: torch.device, hw: tuple[int, int] = (800, 1088), rois: int = 1000, *,
+              repeats: int = 5) -> dict[str, Any]:
+    """RoIAlign: detres' gather vs torchvision's kernel on FPN-sized inputs (1000 RoIs over
+    p2..p5 at 800 x 1088, 256 channels), forward and forward + backward."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from detres.modeling.roi_align import multilevel_roi_align
+
+    g = torch.Generator().manual_seed(0)
+    h, w = hw
+    feats = {f"p{k}": torch.randn(1, 256, h // 2**k, w // 2**k, generator=g).to(device)
+             for k in (2, 3, 4, 5)}
+    feats_cl = {k: v.contiguous(memory_format=torch.channels_last) for k, v in feats.items()}
+    xy = torch.rand(rois, 2, generator=g) * torch.tensor([w, h]) * 0.8
+    wh = torch.exp(torch.rand(rois, 2, generator=g) * 6) + 8
+    boxes = torch.cat([xy, xy + wh], 1).to(device)
+    rois_t = torch.cat([torch.zeros(rois, 1, device=device), boxes], 1)
+    tv_pool = MultiScaleRoIAlign(list(feats), 7, 2)
+
+    def fn(kind: str, backward: bool, fs: dict[str, torch.Tensor]):
+        def run() -> None:
+            leaves = {k: v.detach().requires_grad_(backward) for k, v in fs.items()}
+            with torch.set_grad_enabled(backward):
+                if kind == "torchvision":
+                    y = tv_pool(leaves, [boxes], [hw])
+                else:
+                    y = multilevel_roi_align(list(leaves.values()), [4, 8, 16, 32], rois_t, 7, 2)
+                if backward:
+                    y.sum().backward()
+        return run
+    variants = {"forward/torchvision": fn("torchvision", False, feats),
+                "forward/ours": fn("ours", False, feats),
+                "forward/ours_channels_last": fn("ours", False, feats_cl),
+                "forward_backward/torchvision": fn("torchvision", True, feats),
+                "forward_backward/ours": fn("ours", True, feats),
+                "forward_backward/ours_channels_last": fn("ours", True, feats_cl)}
+    times = {k: summarize(v) for k, v in
+             alternate(variants, device, warmup=1, repeats=repeats).items()}
+    return {"multiscale_roi_align": times, "rois": rois, "features": list(hw)}
+
+
+def compile_features(model: nn.Module) -> Any:
+    """``torch.compile`` of ``model.features`` with Inductor's weight freezing (inference)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model.features)
