@@ -85,3 +85,24 @@ def test_detector_fast_ops_match_reference() -> None:
         assert len(a["boxes"]) == len(b["boxes"])
         torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
+
+
+def test_folded_weights_cached_without_grad_and_refreshed_on_change() -> None:
+    conv, norm = nn.Conv2d(3, 4, 3, padding=1, bias=False), _norm("FrozenBN", 4)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        a = conv_norm(x, conv, norm)
+        cached = conv.__dict__["_detres_folded"]
+        conv_norm(x, conv, norm)
+        assert conv.__dict__["_detres_folded"] is cached  # reused
+        conv.weight.mul_(2)  # an optimizer step / load_state_dict: the cache is stale
+        b = conv_norm(x, conv, norm)
+    torch.testing.assert_close(b, norm(conv(x)).detach())
+    assert not torch.allclose(a, b)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        c = conv_norm(x, conv, norm)
+        assert conv.__dict__["_detres_folded"][1].dtype == torch.bfloat16
+    torch.testing.assert_close(c.float(), b, rtol=2e-2, atol=2e-2)
+    y = conv_norm(x, conv, norm)  # with autograd: computed afresh, gradient reaches conv
+    y.sum().backward()
+    assert conv.weight.grad is not None

@@ -55,14 +55,20 @@ def test_roi_align_float32_and_empty():
         roi_align(feats, rois[:, 1:], 7, 1 / 8)
 
 
-def test_roi_align_bf16_pools_in_float32():
+def test_roi_align_bf16() -> None:
     torch.manual_seed(0)
     feats = torch.randn(1, 8, 20, 20).bfloat16()
     rois = random_rois(1, 30, extent=160, seed=4)
-    got = roi_align(feats, rois, 7, 1 / 8, 2, False)
-    assert got.dtype == torch.bfloat16
     ref = tv_roi_align(feats.float(), rois, (7, 7), 1 / 8, 2, False)
+    got = roi_align(feats, rois, 7, 1 / 8, 2, False)  # no gradient: pooled in bf16
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+    leaf = feats.clone().requires_grad_()  # training: pooled in float32, like autocast
+    got = roi_align(leaf, rois, 7, 1 / 8, 2, False)
+    assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref, rtol=1e-2, atol=1e-2)
+    got.float().sum().backward()
+    assert leaf.grad is not None and leaf.grad.dtype == torch.bfloat16
 
 
 def test_multilevel_matches_multiscale_roialign():

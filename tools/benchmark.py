@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--weights", default="", help="detres detector checkpoint")
-    p.add_argument("--skip", nargs="*", default=[], choices=["inference", "train", "efficiency"])
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["inference", "train", "efficiency", "vs-train"],
+                   help="figures to leave out (vs-train: the A/B training iterations)")
     p.add_argument("--vs-torchvision", action="store_true")
     p.add_argument("--tv-weights", default=None, help="torchvision COCO weight file")
     p.add_argument("--ablation", action="store_true", help="each inference technique on/off")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.vs_torchvision:
         r = res["vs_torchvision"] = B.bench_vs_torchvision(
             cfg, a.image_size, device, a.precision, cl, batch=a.batch_size,
-            weights=a.tv_weights, train="train" not in a.skip, **kw)
+            weights=a.tv_weights, train="vs-train" not in a.skip, **kw)
         for key in ("inference", "train"):
             for k, s in r.get(key, {}).items():
                 ratio = r[key + "_speedup"].get(k)

@@ -94,6 +94,8 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     if not cfg.model.weights:
         raise ValueError("evaluation needs weights: --weights CKPT (or model.weights=CKPT)")
     model = build_detector(cfg).to(device).eval()
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     src = build_det_sources(cfg, train=False)[0]
     _check_model_classes(model, src)
     loader = build_det_test_loader(cfg, 0, sources=[src])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -43,24 +44,47 @@ def get_norm(norm: str) -> NormLayer:
     raise ValueError(f"norm {norm!r} is not one of 'BN', 'FrozenBN'")
 
 
+def _folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """The folded ``(weight, bias)``; without autograd they are cached on ``conv`` (in
+    ``dtype``, the autocast dtype if any) until any of the tensors involved changes."""
+    tensors = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
+               norm.running_var)
+    grad = torch.is_grad_enabled()
+    if not grad:
+        key = (dtype, tuple((t.data_ptr(), t._version) for t in tensors if t is not None))
+        cached = conv.__dict__.get("_detres_folded")
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # type: ignore[operator]
+    bias = norm.bias - norm.running_mean * scale  # type: ignore[operator]
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1)  # keeps the weight's memory format
+    if not grad:
+        if dtype is not None:
+            weight, bias = weight.to(dtype), bias.to(dtype)
+        conv.__dict__["_detres_folded"] = (key, weight, bias)
+    return weight, bias
+
+
 def conv_norm(x: Tensor, conv: nn.Conv2d, norm: nn.Module) -> Tensor:
     """``norm(conv(x))``, with a fixed affine norm folded into the convolution.
 
     A ``FrozenBatchNorm2d`` (or a ``BatchNorm2d`` in eval mode) is ``y * s + b`` per channel,
     so ``norm(conv(x)) == conv(x; weight * s) + b``: one pass over the activation instead of
     three (conv, then the norm's multiply and add), in training as well as inference, since
-    the gradient reaches ``conv.weight`` through the product. The state dict is unchanged.
-    ``tools/benchmark.py`` measures the gain; tests check the outputs against the unfused path.
+    the gradient reaches ``conv.weight`` through the product. Without autograd the folded
+    weights are computed once and cached. The state dict is unchanged. ``tools/benchmark.py
+    --ablation`` measures the gain; tests check outputs and gradients against the unfused path.
     """
     if fast_ops_enabled() and (
         isinstance(norm, FrozenBatchNorm2d)
         or (isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None)
     ):
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # type: ignore[operator]
-        bias = norm.bias - norm.running_mean * scale  # type: ignore[operator]
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
-        weight = conv.weight * scale.view(-1, 1, 1, 1)  # keeps the weight's memory format
+        dev = x.device.type
+        amp = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+        dtype = torch.get_autocast_dtype(dev) if amp else None
+        weight, bias = _folded(conv, norm, dtype)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return norm(conv(x))
 
