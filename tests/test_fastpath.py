@@ -106,3 +106,26 @@ def test_folded_weights_cached_without_grad_and_refreshed_on_change() -> None:
     y = conv_norm(x, conv, norm)  # with autograd: computed afresh, gradient reaches conv
     y.sum().backward()
     assert conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("arch_overrides", [
+    [],  # FPN
+    ["model.arch=faster_rcnn_c4", "model.anchors.sizes=[[32, 64, 128]]",
+     "model.roi_heads.pooler=ROIPool", "model.roi_heads.pooler_resolution=14"],
+])
+def test_chunked_box_head_inference_matches_one_pass(arch_overrides: list[str]) -> None:
+    cfg = load_config("demo.yaml", ["model.backbone.width_per_group=8", *arch_overrides])
+    torch.manual_seed(0)
+    model = build_detector(cfg).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.5)
+    images = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(3))
+    sizes = [(128, 160), (110, 150)]
+    whole = model.inference(images, sizes)
+    model.roi_heads.chunk_bytes = 1  # one RoI per chunk
+    chunked = model.inference(images, sizes)
+    assert sum(len(d["boxes"]) for d in whole) > 0
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        torch.testing.assert_close(a["scores"], b["scores"])
+        assert torch.equal(a["labels"], b["labels"])

@@ -9,7 +9,9 @@ the same figures side by side with torchvision's ``fasterrcnn_resnet50_fpn``.
   python tools/benchmark.py --ablation --ops                                # each technique
 
 Weights are random unless ``--weights`` (detres checkpoint) or ``--tv-weights`` (torchvision
-file, with ``--vs-torchvision``) is given; timings do not depend on them. ``--json`` writes
+file, with ``--vs-torchvision``) is given; random BN statistics are then calibrated on a
+synthetic image so that the RPN proposes as a trained one does (the RoI count is printed):
+a two-stage detector's time depends on how many RoIs reach the box head. ``--json`` writes
 every figure (median, quartiles, min, max of each) for machines.
 """
 
@@ -27,7 +29,12 @@ import torch
 
 from detres.config import load_config
 from detres.engine import bench_suite as B
-from detres.engine.benchmark import PRECISIONS, summarize
+from detres.engine.benchmark import (
+    PRECISIONS,
+    calibrate_random_detector,
+    resized_size,
+    summarize,
+)
 from detres.engine.trainer import resolve_device
 from detres.modeling import build_detector
 
@@ -36,7 +43,8 @@ def parse_hw(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"image size must be HxW, e.g. 480x640, got {text!r}")
+        msg = f"image size must be HxW, e.g. 480x640, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     return h, w
 
 
@@ -98,11 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.cfg} on {res['machine']} | {a.precision}, channels_last={cl}, "
           f"image {a.image_size[0]}x{a.image_size[1]}")
     model = build_detector(cfg).to(device)
+    if not a.weights:  # random weights: give the BN layers sane statistics (see the docstring)
+        i = cfg.model.input
+        calibrate_random_detector(model, resized_size(a.image_size, i.min_size_test,
+                                                      i.max_size_test))
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if "inference" not in a.skip:
         r = res["inference"] = B.bench_inference(model, a.image_size, device, a.precision, **kw)
-        line("inference / image", r, f"peak +{r['peak_mib'] or 0:.0f} MiB")
+        line("inference / image", r, f"peak +{r['peak_mib'] or 0:.0f} MiB, "
+             f"{r['rois_per_image']} RoIs")
     if "train" not in a.skip:
         r = res["train"] = B.bench_train(cfg, model, a.image_size, device, a.precision, cl,
                                          batch=a.batch_size, **kw)
@@ -114,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  backbone+neck {r['gflop']:.1f} GFLOP at {r['input'][0]}x{r['input'][1]} in "
               f"{r['features_s'] * 1e3:.0f} ms = {r['achieved_gflops']:.0f} GFLOP/s; a large "
               f"3x3 conv runs at {r['conv3x3_gflops']:.0f} GFLOP/s ({r['fraction']:.0%})")
+        h = r["box_head"]
+        print(f"  box head {h['gflop']:.1f} GFLOP on {h['rois']} RoIs in {h['seconds'] * 1e3:.0f}"
+              f" ms = {h['achieved_gflops']:.0f} GFLOP/s")
     if a.compile:
         import time
 

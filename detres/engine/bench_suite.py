@@ -21,6 +21,7 @@ from detres.engine.benchmark import (
     PeakMemory,
     alternate,
     conv_throughput,
+    count_rois,
     detres_inference,
     detres_train_step,
     feature_flops,
@@ -51,7 +52,8 @@ def bench_inference(model: FasterRCNN, hw: tuple[int, int], device: torch.device
     run = detres_inference(model.eval(), synthetic_images(1, hw), device, precision)
     with PeakMemory(device) as mem:
         times = alternate({"ours": run}, device, warmup=warmup, repeats=repeats)["ours"]
-    return {**summarize(times), "peak_mib": mem.peak_mib, "image_size": list(hw)}
+    return {**summarize(times), "peak_mib": mem.peak_mib, "image_size": list(hw),
+            "rois_per_image": count_rois(model, run)}
 
 
 def bench_train(cfg: Config, model: FasterRCNN, hw: tuple[int, int], device: torch.device,
@@ -88,8 +90,37 @@ def bench_efficiency(model: FasterRCNN, cfg: Config, hw: tuple[int, int],
     t = summarize(alternate({"f": run}, device, warmup=warmup, repeats=repeats)["f"])
     achieved = flops / t["median_s"] / 1e9
     peak = conv_throughput(device, precision, channels_last)
+    head = _box_head_efficiency(model, cfg, device, precision, channels_last, warmup=warmup,
+                                repeats=repeats)
     return {"input": [ph, pw], "gflop": flops / 1e9, "features_s": t["median_s"],
-            "achieved_gflops": achieved, "conv3x3_gflops": peak, "fraction": achieved / peak}
+            "achieved_gflops": achieved, "conv3x3_gflops": peak, "fraction": achieved / peak,
+            "box_head": head}
+
+
+def _box_head_efficiency(model: FasterRCNN, cfg: Config, device: torch.device, precision: str,
+                         channels_last: bool, *, warmup: int, repeats: int) -> dict[str, Any]:
+    """The box head (res5 per RoI for C4, fc6/fc7 otherwise) on ``post_nms_topk_test`` RoIs;
+    its FLOPs are counted on 4 RoIs and scaled (they are linear in the RoI count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    r, s = cfg.model.rpn.post_nms_topk_test, cfg.model.roi_heads.pooler_resolution
+    c = (cfg.model.fpn.out_channels if model.neck is not None
+         else model.backbone.output_shape()[model.backbone_features[0]].channels)
+    head = model.roi_heads.box_head
+    x = torch.randn(r, c, s, s, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        head(x[:4])
+    flops = counter.get_total_flops() * r / 4
+
+    def run() -> None:
+        with torch.inference_mode(), autocast_context(device, "none" if precision == "fp32"
+                                                      else precision):
+            head(x)
+    t = summarize(alternate({"h": run}, device, warmup=warmup, repeats=repeats)["h"])
+    return {"rois": r, "gflop": flops / 1e9, "seconds": t["median_s"],
+            "achieved_gflops": flops / t["median_s"] / 1e9}
 
 
 def bench_loader(cfg: Config, *, workers: int, batch: int, batches: int) -> dict[str, Any]:
