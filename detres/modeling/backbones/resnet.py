@@ -49,7 +49,9 @@ def _folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype | None) -> tupl
     ``dtype``, the autocast dtype if any) until any of the tensors involved changes."""
     tensors = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
                norm.running_var)
-    grad = torch.is_grad_enabled()
+    # no cache under autograd (the gradient must reach conv.weight) or torch.compile (which
+    # folds the constants itself and would recompile on the cache's Python state)
+    grad = torch.is_grad_enabled() or torch.compiler.is_compiling()
     if not grad:
         key = (dtype, tuple((t.data_ptr(), t._version) for t in tensors if t is not None))
         cached = conv.__dict__.get("_detres_folded")
