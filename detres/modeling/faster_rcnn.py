@@ -3,8 +3,8 @@
 * ``faster_rcnn_c4`` (the paper's ResNet detector): res1-res4 trunk at stride 16, RPN on
   res4, 14x14 RoI pooling, res5 per RoI (the backbone's own ``layer4``), average pool.
 * ``faster_rcnn_vgg``: RPN and 7x7 RoI pooling on conv5_3, VGG-16's fc6/fc7 as box head.
-* ``faster_rcnn_fpn``: ResNet + FPN, five anchor levels, ``MultiScaleRoIAlign`` 7x7, two
-  1024-d fc layers: torchvision's ``fasterrcnn_resnet50_fpn``.
+* ``faster_rcnn_fpn``: ResNet + FPN, five anchor levels, multi-level RoIAlign 7x7 (the rules
+  of ``MultiScaleRoIAlign``), two 1024-d fc layers: torchvision's ``fasterrcnn_resnet50_fpn``.
 
 The module tree is ``backbone`` (the plain ResNet / VGG, so ImageNet weights and
 ``pretrain_cls.py`` checkpoints load with no renaming, res5 and fc6/fc7 included), ``neck``
