@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.loader:
         r = res["loader"] = B.bench_loader(cfg, workers=a.workers, batch=cfg.solver.batch_size,
                                            batches=20)
-        print(f"  loader: {r['images_per_s']:.1f} images/s with {a.workers} workers")
+        line(f"loader batch wait ({a.workers} workers)", r["batch_wait"],
+             f"{r['images_per_s']:.1f} images/s")
         if "train" in res:
             print(f"  training consumes {res['train']['images_per_s']:.1f} images/s")
     if a.ablation:

@@ -123,18 +123,25 @@ def _box_head_efficiency(model: FasterRCNN, cfg: Config, device: torch.device, p
 
 
 def bench_loader(cfg: Config, *, workers: int, batch: int, batches: int) -> dict[str, Any]:
-    """Images/s of the training loader (decode, augment, collate) with ``workers`` workers."""
+    """Images/s of the training loader (decode, augment, collate) with ``workers`` workers:
+    each batch's wait is timed after the first ``workers + 1`` batches (start-up)."""
     from detres.data.det_loader import build_det_train_loader
 
     cfg = copy.deepcopy(cfg)
     cfg.data.num_workers = workers
-    loader = build_det_train_loader(cfg, batch)
-    it = iter(loader)
-    next(it)  # workers started, first batch out
+    it = iter(build_det_train_loader(cfg, batch))
+    for _ in range(workers + 1):  # workers started, their first batches out
+        next(it)
+    waits, n = [], 0
     t0 = time.perf_counter()
-    n = sum(len(images) for images, _ in itertools.islice(it, batches))
+    for _ in range(batches):
+        t = time.perf_counter()
+        images, _ = next(it)
+        waits.append(time.perf_counter() - t)
+        n += len(images)
     dt = time.perf_counter() - t0
-    return {"workers": workers, "batch": batch, "images": n, "seconds": dt, "images_per_s": n / dt}
+    return {"workers": workers, "batch": batch, "images": n, "seconds": dt,
+            "images_per_s": n / dt, "batch_wait": summarize(waits)}
 
 
 def bench_vs_torchvision(cfg: Config, hw: tuple[int, int], device: torch.device,
