@@ -9,7 +9,6 @@ the configured training loader, drained without a model.
 from __future__ import annotations
 
 import copy
-import itertools
 import time
 from typing import Any
 
