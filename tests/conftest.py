@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -79,6 +79,18 @@ def cifar10_writer() -> Callable[..., Path]:
 def imagefolder_writer() -> Callable[..., Path]:
     """:func:`write_imagefolder`."""
     return write_imagefolder
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster, and much faster on a shared, busy CPU (use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,7 +4,6 @@ freezing, weight round trips), torchvision parity, shortcut options and weight l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,10 @@ from detres.modeling.backbones import BACKBONES, Backbone, builder_options
 from detres.modeling.backbones.resnet import ZeroPadShortcut
 from detres.modeling.complexity import count_params
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SLOW = {"resnet1202"}  # 600 blocks: a few seconds even when tiny
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_backbones()]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is faster, and much faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:

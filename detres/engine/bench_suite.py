@@ -18,6 +18,7 @@ from detres.config import Config
 from detres.engine.benchmark import (
     PeakMemory,
     alternate,
+    amp_name,
     conv_throughput,
     count_rois,
     detres_inference,
@@ -43,6 +44,14 @@ def _train_inputs(cfg: Config, hw: tuple[int, int], batch: int, seed: int = 0):
               for x in synthetic_images(batch, hw, seed)]
     targets = synthetic_targets(batch, size, cfg.model.num_classes, seed=seed)
     return images, targets, size
+
+
+def _padded_test_size(cfg: Config, hw: tuple[int, int]) -> tuple[int, int]:
+    """The padded input the detector sees for a raw ``hw`` image at test time."""
+    i = cfg.model.input
+    h, w = resized_size(hw, i.min_size_test, i.max_size_test)
+    d = i.size_divisibility
+    return -(-h // d) * d, -(-w // d) * d
 
 
 def bench_inference(model: FasterRCNN, hw: tuple[int, int], device: torch.device,
@@ -71,10 +80,7 @@ def bench_efficiency(model: FasterRCNN, cfg: Config, hw: tuple[int, int],
                      device: torch.device, precision: str, channels_last: bool, *,
                      warmup: int, repeats: int) -> dict[str, Any]:
     """Achieved GFLOP/s of backbone + neck beside a large 3x3 convolution's."""
-    i = cfg.model.input
-    h, w = resized_size(hw, i.min_size_test, i.max_size_test)
-    d = i.size_divisibility
-    ph, pw = -(-h // d) * d, -(-w // d) * d
+    ph, pw = _padded_test_size(cfg, hw)
     flops = feature_flops(model, (ph, pw))
     x = torch.rand(1, 3, ph, pw, device=device)
     if channels_last:
@@ -82,8 +88,7 @@ def bench_efficiency(model: FasterRCNN, cfg: Config, hw: tuple[int, int],
     model.eval()
 
     def run() -> None:
-        with torch.inference_mode(), autocast_context(device, "none" if precision == "fp32"
-                                                      else precision):
+        with torch.inference_mode(), autocast_context(device, amp_name(precision)):
             model.features(x)
     t = summarize(alternate({"f": run}, device, warmup=warmup, repeats=repeats)["f"])
     achieved = flops / t["median_s"] / 1e9
@@ -113,8 +118,7 @@ def _box_head_efficiency(model: FasterRCNN, cfg: Config, device: torch.device, p
     flops = counter.get_total_flops() * r / 4
 
     def run() -> None:
-        with torch.inference_mode(), autocast_context(device, "none" if precision == "fp32"
-                                                      else precision):
+        with torch.inference_mode(), autocast_context(device, amp_name(precision)):
             head(x)
     t = summarize(alternate({"h": run}, device, warmup=warmup, repeats=repeats)["h"])
     return {"rois": r, "gflop": flops / 1e9, "seconds": t["median_s"],
@@ -274,10 +278,7 @@ def bench_compile(model: FasterRCNN, cfg: Config, hw: tuple[int, int], device: t
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    i = cfg.model.input
-    h, w = resized_size(hw, i.min_size_test, i.max_size_test)
-    d = i.size_divisibility
-    x = torch.rand(1, 3, -(-h // d) * d, -(-w // d) * d, device=device)
+    x = torch.rand(1, 3, *_padded_test_size(cfg, hw), device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     fn = torch.compile(model.eval().features)

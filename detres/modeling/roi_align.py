@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor
+from torchvision.ops.poolers import LevelMapper
 
 from detres.modeling.fastpath import fast_ops_enabled
 
@@ -150,21 +151,6 @@ def _pool_dtype(x: Tensor) -> torch.dtype:
     return torch.float32
 
 
-def fpn_levels(
-    boxes: Tensor,
-    min_level: int,
-    max_level: int,
-    canonical_size: float = 224.0,
-    canonical_level: int = 4,
-) -> Tensor:
-    """FPN level of each RoI (Lin et al. Eq. 1), as torchvision's ``LevelMapper``:
-    ``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` clamped to the available levels; returns
-    indices ``0 .. max_level - min_level``."""
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    k = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_size) + 1e-6)
-    return (k.clamp(min=min_level, max=max_level) - min_level).to(torch.int64)
-
-
 def multilevel_roi_align(
     features: Sequence[Tensor],
     strides: Sequence[int],
@@ -175,7 +161,7 @@ def multilevel_roi_align(
 ) -> Tensor:
     """``MultiScaleRoIAlign``: each RoI pooled from its FPN level -> ``(R, C, S, S)``."""
     levels = [int(round(math.log2(st))) for st in strides]
-    lvl = fpn_levels(rois[:, 1:], levels[0], levels[-1])
+    lvl = LevelMapper(levels[0], levels[-1])([rois[:, 1:]])  # FPN Eq. 1, torchvision's rule
     c, s = features[0].shape[1], int(output_size)
     dtype = _pool_dtype(features[0])
     out = features[0].new_zeros((rois.shape[0], s, s, c), dtype=dtype)  # (R, S, S, C)
