@@ -101,6 +101,9 @@ class InputCfg:
     max_size_train: int = 1333
     min_size_test: int = 800
     max_size_test: int = 1333
+    # How the test image (and each training image) is resized: "torchvision"
+    # (GeneralizedRCNNTransform) or "detectron2" (ResizeShortestEdge); see detres/preprocess.py.
+    resize_rule: str = "torchvision"
     # RGB, [0, 1] scale (torchvision's convention).
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -305,6 +308,7 @@ _CHOICES = {
     "model.arch": ("classifier", "faster_rcnn_c4", "faster_rcnn_vgg", "faster_rcnn_fpn"),
     "model.backbone.norm": ("BN", "FrozenBN"),
     "model.roi_heads.pooler": ("ROIAlign", "ROIPool"),
+    "model.input.resize_rule": ("torchvision", "detectron2"),
     "solver.optimizer": ("sgd", "adamw"),
     "solver.schedule": ("multistep", "plateau", "cosine"),
     "solver.warmup_method": ("linear", "constant"),

@@ -1,4 +1,5 @@
-"""Shared test helpers: the command-line tools as modules, and data sets in published layouts."""
+"""Shared test helpers: tiny run configs, the command-line tools as modules, and data sets in
+published layouts (as fixtures; test files do not import each other)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,57 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog",
                  b"horse", b"ship", b"truck"]
+
+
+# A ~0.2M-parameter ResNet-18-FPN on 128-192 px images: a few seconds per run on 2 cores.
+TINY_DET = [
+    "model.backbone.width_per_group=8", "model.fpn.out_channels=16", "model.roi_heads.fc_dim=32",
+    "model.input.min_size_train=[128]", "model.input.max_size_train=192",
+    "model.input.min_size_test=128", "model.input.max_size_test=192",
+    "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=100",
+    "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=50",
+    "model.rpn.batch_size_per_image=64", "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.detections_per_image=20",
+    "solver.batch_size=2", "solver.base_lr=0.01", "solver.steps=[4]", "solver.warmup_iters=2",
+    "train.log_period=1", "train.checkpoint_period=3", "train.device=cpu",
+    "data.num_workers=0",
+]
+
+
+def demo_data_overrides(root: Path) -> list[str]:
+    """The generated set as custom COCO sets by path (the catalog's ``demo_coco_*`` entries
+    would regenerate it at the default size)."""
+    ann, img = "demo_det/annotations", "demo_det/images"
+    return [
+        f"data.root={root}",
+        f"data.train=[{{name: tiny_train, format: coco, path: {ann}/instances_train.json, "
+        f"images: {img}}}]",
+        f"data.test=[{{name: tiny_val, format: coco, path: {ann}/instances_val.json, "
+        f"images: {img}}}]",
+    ]
+
+
+# A narrow ImageNet-style ResNet-18 on the synthetic 32x32 set with ImageNet-style scale
+# augmentation scaled down (shorter side 32..40, 32 crops).
+TINY_R18 = [
+    "model.backbone.width_per_group=8",
+    "data.cls_aug.crop_size=32", "data.cls_aug.scale_min=32", "data.cls_aug.scale_max=40",
+    "data.cls_aug.test_resize=32",
+    "solver.batch_size=8", "solver.reference_batch_size=0", "solver.base_lr=0.05",
+    "solver.schedule=multistep", "solver.steps=[4]", "solver.warmup_iters=2",
+    "train.log_period=1", "train.checkpoint_period=3", "train.eval_period=0",
+    "train.device=cpu", "data.num_workers=0",
+]
+
+
+def synthetic_cls_overrides(root: Path) -> list[str]:
+    """The generated small set by path (the catalog names would regenerate the full size)."""
+    return [
+        f"data.root={root}",
+        "data.train=[{name: tiny_train, format: synthetic_cls, path: synthetic_cls, "
+        "split: train}]",
+        "data.test=[{name: tiny_val, format: synthetic_cls, path: synthetic_cls, split: val}]",
+    ]
 
 
 def load_tool(name: str) -> ModuleType:
@@ -79,6 +131,30 @@ def cifar10_writer() -> Callable[..., Path]:
 def imagefolder_writer() -> Callable[..., Path]:
     """:func:`write_imagefolder`."""
     return write_imagefolder
+
+
+@pytest.fixture(scope="session")
+def tiny_det() -> list[str]:
+    """Overrides for a tiny ResNet-18-FPN detection run (:data:`TINY_DET`)."""
+    return list(TINY_DET)
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Callable[[Path], list[str]]:
+    """:func:`demo_data_overrides`: a generated demo set under a root as custom COCO sets."""
+    return demo_data_overrides
+
+
+@pytest.fixture(scope="session")
+def tiny_cls() -> list[str]:
+    """Overrides for a tiny ImageNet-style ResNet-18 classification run (:data:`TINY_R18`)."""
+    return list(TINY_R18)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data() -> Callable[[Path], list[str]]:
+    """:func:`synthetic_cls_overrides`: a generated synthetic set under a root, by path."""
+    return synthetic_cls_overrides
 
 
 @pytest.fixture()

@@ -10,9 +10,9 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
-from detres.config import BackboneCfg
-from detres.modeling import build_backbone, build_classifier, load_weights
-from detres.modeling.backbones.weights import read_state_dict
+from detres.config import BackboneCfg, ModelCfg
+from detres.modeling import build_backbone, build_classifier, load_pretrained, load_weights
+from detres.modeling.weights import read_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,7 +74,8 @@ def test_detres_checkpoint_with_ddp_prefix_and_config(tmp_path: Path) -> None:
     state = {f"module.{k}": v for k, v in src.state_dict().items()}
     cfg = {"model": {"backbone": {"name": "resnet50", "stride_in_1x1": None}}}
     path = _save({"model": state, "config": cfg, "optimizer": {}}, tmp_path / "ckpt.pth")
-    sd, config = read_state_dict(path)
+    w = read_weights(path)
+    sd, config = w.state, w.config
     assert config == cfg and all(not k.startswith("module.") for k in sd)
     dst = build_classifier("resnet50", width_per_group=8, num_classes=7)
     load_weights(dst, path)
@@ -92,7 +93,7 @@ def test_wrong_model_errors_name_file_and_keys(r18_file: Path) -> None:
         load_weights(build_classifier("resnet18", width_per_group=16), r18_file)
     # Non-strict: whatever fits is loaded.
     r34 = build_classifier("resnet34", width_per_group=8)
-    load_weights(r34, r18_file, strict_backbone=False)
+    load_weights(r34, r18_file, policy="partial")
     torch.testing.assert_close(r34.conv1.weight, torch.load(r18_file)["conv1.weight"])
 
 
@@ -111,6 +112,7 @@ def test_bad_files(tmp_path: Path) -> None:
 def test_build_backbone_from_config(r18_file: Path) -> None:
     cfg = BackboneCfg(name="resnet18", width_per_group=8, weights=str(r18_file), freeze_at=2)
     bb = build_backbone(cfg)
+    load_pretrained(bb, ModelCfg(backbone=cfg))  # the explicit step: builders read no files
     assert bb.fc is None and bb.output_shape()["res5"].channels == 64
     torch.testing.assert_close(bb.conv1.weight, torch.load(r18_file)["conv1.weight"])
     assert isinstance(bb.bn1, FrozenBatchNorm2d) and not bb.layer1[0].conv1.weight.requires_grad

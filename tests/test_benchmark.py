@@ -13,12 +13,12 @@ from types import ModuleType
 
 import pytest
 import torch
-from test_e2e_det import TINY, data_overrides
 
+from detres.benchmark.reference import build_torchvision_frcnn
 from detres.config import load_config
 from detres.data.demo_det import generate_demo_det
-from detres.engine import bench_suite
-from detres.engine.benchmark import (
+from detres.benchmark import suite as bench_suite
+from detres.benchmark.core import (
     alternate,
     match_detections,
     summarize,
@@ -52,7 +52,7 @@ def test_peak_memory_sees_an_allocation() -> None:
         pytest.skip("RSS sampling needs Linux /proc")
     code = (
         "import time, torch\n"
-        "from detres.engine.benchmark import PeakMemory\n"
+        "from detres.benchmark.core import PeakMemory\n"
         "with PeakMemory(torch.device('cpu')) as mem:\n"
         "    x = torch.ones(64 * 2**20 // 4)\n"
         "    x += 1\n"
@@ -98,13 +98,14 @@ def test_benchmark_tool_vs_torchvision(tmp_path: Path, tool: Callable[[str], Mod
     assert res["inference"]["median_s"] > 0
 
 
-def test_benchmark_tool_loader_and_training(tmp_path: Path,
-                                            tool: Callable[[str], ModuleType]) -> None:
+def test_benchmark_tool_loader_and_training(tmp_path: Path, tool: Callable[[str], ModuleType],
+                                            tiny_det: list[str],
+                                            demo_data: Callable[[Path], list[str]]) -> None:
     generate_demo_det(tmp_path / "data", num_train=8, num_val=4)
     out = tmp_path / "bench.json"
     argv = ["--cfg", "demo", "--image-size", "100x120", "--repeats", "1", "--warmup", "0",
             "--loader", "--workers", "0", "--precision", "bf16", "--skip", "efficiency",
-            "--json", str(out), *TINY, *data_overrides(tmp_path / "data"),
+            "--json", str(out), *tiny_det, *demo_data(tmp_path / "data"),
             "solver.batch_size=2"]
     assert tool("benchmark").main(argv) == 0
     res = json.loads(out.read_text())
@@ -122,7 +123,5 @@ def test_bench_ops_small() -> None:
 
 
 def test_reference_requires_r50_fpn() -> None:
-    from detres.modeling.convert import build_torchvision_frcnn
-
     with pytest.raises(ValueError, match="ResNet-50-FPN"):
         build_torchvision_frcnn(load_config("demo.yaml"))

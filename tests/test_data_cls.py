@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
 
 from detres.config import ClsAugCfg, Config, DatasetCfg
 from detres.data import DATASET_FORMATS, GENERATORS, build_source
@@ -24,10 +23,12 @@ from detres.data import synthetic_cls as syn
 from detres.data.cifar import CifarSource, RestrictedUnpickler
 from detres.data.cls_loader import (
     ClsDataset,
-    InferenceSampler,
     build_cls_dataset,
-    build_cls_loader,
+    build_cls_test_loader,
+    build_cls_train_loader,
 )
+from detres.data.samplers import InferenceSampler
+from detres.data.sampling import InfiniteSampler
 from detres.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD, build_cls_transform
 from detres.data.cls_transforms import geometric_transforms as geo
 from detres.data.imagefolder import ImageFolderSource, read_image_rgb
@@ -340,7 +341,7 @@ def test_synthetic_deterministic(tmp_path: Path, name: str) -> None:
     assert sum(k.endswith(".png") for k in fa) == n_cls * 5
     manifest = json.loads(fa["manifest.json"])
     assert manifest["seed"] == spec.seed and manifest["version"] == syn.FORMAT_VERSION
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [f".{name}.lock", name]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [name]  # no temp/lock left
     for split, per in (("train", 3), ("val", 2)):
         src = syn.build_synthetic_cls(path=a, images=None, split=split, name="s")
         assert src.classes == spec.class_names() and len(src) == n_cls * per
@@ -371,18 +372,14 @@ def test_synthetic_reuse_and_regenerate(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_synthetic_concurrent_first_use(tmp_path: Path) -> None:
     """Two simultaneous first uses (as two torchrun ranks): one set, no leftovers. Threads
-    open the lock file separately, so flock excludes them exactly as it does processes."""
+    open the locked directory separately, so flock excludes them exactly as processes."""
     with ThreadPoolExecutor(2) as ex:
         dirs = list(ex.map(lambda _: syn.generate_synthetic_cls(tmp_path, **SMALL), range(2)))
     d = tmp_path / "synthetic_cls"
     assert dirs == [d, d]
     assert syn.is_complete(d, syn.dataclasses.replace(syn.SPECS["synthetic_cls"], **SMALL))
     assert _files(d) == _files(syn.generate_synthetic_cls(tmp_path / "ref", **SMALL))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".synthetic_cls.lock",
-        "ref",
-        "synthetic_cls",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "synthetic_cls"]
 
 
 def test_synthetic_catalog_entries() -> None:
@@ -418,43 +415,54 @@ def _cfg(tmp_path: Path, workers: int = 0) -> Config:
     return cfg
 
 
+def _take(loader: torch.utils.data.DataLoader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
 def test_cls_loader_batches(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    loader = build_cls_loader(cfg, train=True, batch_size=8)
+    cfg.solver.batch_size = 8
+    loader = build_cls_train_loader(cfg)
     assert loader.dataset.classes == syn.SPECS["synthetic_cls"].class_names()
-    batches = list(loader)
-    assert len(batches) == 30 // 8  # drop_last
+    batches = _take(loader, 6)  # endless: past the 30 images of one epoch
     x, y = batches[0]
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert sorted(torch.cat([b[1] for b in batches]).tolist()) != list(range(24))
-    test = build_cls_loader(cfg, train=False, batch_size=8)
+    assert sorted(torch.cat([b[1] for b in batches[:3]]).tolist()) != list(range(24))
+    test = build_cls_test_loader(cfg, batch_size=8)
     labels = torch.cat([b[1] for b in test]).tolist()
     assert labels == [c for c in range(10) for _ in range(2)]  # in order, nothing dropped
-    again = [b[0] for b in build_cls_loader(cfg, train=True, batch_size=8)]
+    again = [b[0] for b in _take(build_cls_train_loader(cfg), 6)]
     assert all(torch.equal(a[0], b) for a, b in zip(batches, again, strict=True))  # same seed
+    resumed = [b[0] for b in _take(build_cls_train_loader(cfg, start_iter=2), 4)]
+    assert all(torch.equal(a[0], b) for a, b in zip(batches[2:], resumed, strict=True))
     cfg.train.seed = 1
-    other = next(iter(build_cls_loader(cfg, train=True, batch_size=8)))[0]
+    other = next(iter(build_cls_train_loader(cfg)))[0]
     assert not torch.equal(other, batches[0][0])
 
 
 def test_cls_loader_workers_reseed_augmentation(tmp_path: Path) -> None:
-    """Workers must not share the pipeline's random state (albumentations 2 keeps its own,
-    which forked workers would copy): the same image seen by two workers looks different."""
+    """Each draw seeds its own augmentation: the same image drawn twice looks different, and
+    the batches are the same whatever the number of workers (albumentations 2 keeps its own
+    random state, which forked workers would otherwise copy)."""
     cfg = _cfg(tmp_path, workers=2)
     cfg.data.train = [cfg.data.train[0]] * 2  # concatenation: image i == image 30 + i
     cfg.data.cls_aug = ClsAugCfg(kind="imagenet", crop_size=24, scale_min=26, scale_max=60)
-    order = list(range(6)) + list(range(30, 36))  # batch 0 -> worker 0, batch 1 -> worker 1
+    cfg.solver.batch_size = 6
+    order = [(i, 100 + i) for i in range(6)] + [(30 + i, 200 + i) for i in range(6)]
 
-    def images() -> torch.Tensor:
-        loader = build_cls_loader(cfg, train=True, batch_size=6)
+    def images(workers: int) -> torch.Tensor:
+        cfg.data.num_workers = workers
+        loader = build_cls_train_loader(cfg)
         loader.batch_sampler.sampler = order  # type: ignore[union-attr]
         return torch.cat([b[0] for b in loader])
 
-    a = images()
+    a = images(2)
     ds = build_cls_dataset(cfg, train=True)
     assert len(ds) == 60
     np.testing.assert_array_equal(ds.load(3)[0], ds.load(33)[0])
-    assert a.shape == (12, 3, 24, 24) and torch.equal(a, images())  # reproducible
+    assert a.shape == (12, 3, 24, 24) and torch.equal(a, images(2))  # reproducible
+    assert torch.equal(a, images(0))  # the same batches without workers
     assert not torch.equal(a[:6], a[6:])
 
 
@@ -473,19 +481,20 @@ def test_cls_dataset_class_mismatch(tmp_path: Path) -> None:
 
 def test_inference_sampler_shards() -> None:
     for size, world in ((10, 3), (2, 4), (0, 2), (7, 1)):
-        shards = [list(InferenceSampler(size, r, world)) for r in range(world)]
+        shards = [list(InferenceSampler(size, rank=r, world_size=world)) for r in range(world)]
         assert sum(shards, []) == list(range(size))
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_cls_loader_distributed_samplers(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
+    cfg.solver.batch_size = 4
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
-        train = build_cls_loader(cfg, train=True, batch_size=4)
-        test = build_cls_loader(cfg, train=False, batch_size=4)
+        train = build_cls_train_loader(cfg)
+        test = build_cls_test_loader(cfg, batch_size=4)
     finally:
         dist.destroy_process_group()
-    assert isinstance(train.sampler, DistributedSampler) and train.sampler.seed == cfg.train.seed
+    assert isinstance(train.sampler, InfiniteSampler) and train.sampler.seed == cfg.train.seed
     assert isinstance(test.sampler, InferenceSampler) and len(test.sampler) == 20
     assert next(iter(train))[0].shape == (4, 3, 32, 32)

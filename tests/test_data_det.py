@@ -12,24 +12,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
 
 from detres.config import Config, DatasetCfg, InputCfg
 from detres.data import CATALOG, GENERATORS, build_source
 from detres.data import demo_det as demo
 from detres.data.coco import CocoFormatError, load_coco_json
-from detres.data.collate import collate_detection, pad_images
+from detres.data.collate import collate_detection
 from detres.data.det_loader import build_det_test_loader, build_det_train_loader
 from detres.data.det_source import DetSource, concat_sources, training_records
-from detres.data.det_transforms import (
-    apply_det_transform,
-    build_det_transform,
-    load_image,
-    shortest_edge_size,
-)
+from detres.data.det_transforms import apply_det_transform, build_det_transform, load_image
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
 from detres.data.sampling import InfiniteSampler
 from detres.data.voc import VOC_CLASSES, VocFormatError, load_voc, to_voc_boxes
+from detres.preprocess import pad_batch, resized_hw
 
 # ------------------------------------------------------------------------------ COCO
 
@@ -213,10 +208,25 @@ def test_voc_0712_concat_and_class_mismatch(tmp_path: Path) -> None:
 
 
 def test_shortest_edge_size_detectron2_semantics() -> None:
-    assert shortest_edge_size(480, 640, 800, 1333) == (800, 1067)
-    assert shortest_edge_size(100, 1000, 800, 1333) == (133, 1333)  # capped by max size
-    assert shortest_edge_size(640, 480, 600, 1000) == (800, 600)
-    assert shortest_edge_size(33, 44, 0, 1000) == (33, 44)
+    def d2(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+        return resized_hw(h, w, short=short, max_size=max_size, rule="detectron2")
+
+    assert d2(480, 640, 800, 1333) == (800, 1067)
+    assert d2(100, 1000, 800, 1333) == (133, 1333)  # capped by max size
+    assert d2(640, 480, 600, 1000) == (800, 600)
+    assert d2(33, 44, 0, 1000) == (33, 44)
+
+
+def test_resize_torchvision_semantics() -> None:
+    """torchvision's GeneralizedRCNNTransform sizes: scale by the tighter bound, then floor."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    for (h, w), short, max_size in (((480, 640), 800, 1333), ((100, 1000), 800, 1333),
+                                    ((640, 480), 600, 1000), ((20, 50), 40, 70),
+                                    ((333, 500), 600, 1000)):
+        tv = GeneralizedRCNNTransform(short, max_size, [0.0] * 3, [1.0] * 3)
+        out = tv([torch.rand(3, h, w)])[0].image_sizes[0]
+        assert resized_hw(h, w, short=short, max_size=max_size) == tuple(out), (h, w)
 
 
 @pytest.mark.parametrize("flip", [0.0, 1.0])
@@ -236,9 +246,11 @@ def test_transform_resize_and_flip_boxes(flip: float) -> None:
                               expect[:, 3]], 1)
     torch.testing.assert_close(out["boxes"], expect, atol=1e-3, rtol=0)
     assert out["classes"].tolist() == [3, 1, 2]
-    ref = cv2.resize(img, (150, 100), interpolation=cv2.INTER_LINEAR)
-    ref = ref[:, ::-1] if flip else ref
-    torch.testing.assert_close(out["image"], torch.from_numpy(ref.copy()).permute(2, 0, 1) / 255)
+    # the one resize of detres.preprocess: bilinear on the float image (torchvision's rule)
+    src = torch.from_numpy((img[:, ::-1] if flip else img).copy()).permute(2, 0, 1) / 255
+    ref = torch.nn.functional.interpolate(src[None], size=(100, 150), mode="bilinear",
+                                          align_corners=False)[0]
+    torch.testing.assert_close(out["image"], ref)
 
 
 def test_transform_multiscale_max_size_and_test() -> None:
@@ -284,7 +296,7 @@ def test_collate_pads_to_multiple_of_32() -> None:
     assert images[1, :, :, 33:].abs().sum() == 0 and torch.equal(images[1, :, :, :33], ims[1])
     assert [t["image_size"] for t in targets] == [(50, 70), (64, 33)]
     assert "image" not in targets[0]
-    assert pad_images([torch.rand(3, 64, 64)], 32).shape == (1, 3, 64, 64)
+    assert pad_batch([torch.rand(3, 64, 64)], 32).shape == (1, 3, 64, 64)
 
 
 def _recs(n: int, seed: int = 0) -> list[dict[str, int]]:
@@ -292,21 +304,21 @@ def _recs(n: int, seed: int = 0) -> list[dict[str, int]]:
     return [{"height": int(h), "width": int(w)} for h, w in rng.integers(10, 20, (n, 2))]
 
 
-def test_grouped_batches_never_mix_orientation_with_distributed_sampler() -> None:
+def test_grouped_batches_never_mix_orientation_over_ranks() -> None:
     recs = _recs(53)
     groups = aspect_groups(recs)
     seen: list[int] = []
     for rank in range(2):
-        ds = DistributedSampler(range(53), num_replicas=2, rank=rank, shuffle=True, seed=3)
-        bs = GroupedBatchSampler(ds, groups, 4, infinite=False)
-        batches = list(bs)
-        assert len(batches) == len(bs)
-        assert all(len({groups[i] for i in b}) == 1 for b in batches)
-        assert all(len(b) == 4 for b in batches[:-2])
-        seen += [i for b in batches for i in b]
-        ds2 = DistributedSampler(range(53), num_replicas=2, rank=rank, shuffle=True, seed=3)
-        assert list(GroupedBatchSampler(ds2, groups, 4, infinite=False)) == batches
-    assert set(seen) == set(range(53)) and len(seen) == 54  # one pad duplicate
+        def batches(rank: int = rank) -> list[list[Any]]:
+            stream = InfiniteSampler(53, seed=3, rank=rank, world_size=2)
+            it = iter(GroupedBatchSampler(stream, groups, 4))
+            return [next(it) for _ in range(5)]  # within one epoch of each rank
+
+        b = batches()
+        assert all(len({groups[i] for i, _ in x}) == 1 and len(x) == 4 for x in b)
+        assert batches() == b
+        seen += [i for x in b for i, _ in x]
+    assert len(seen) == len(set(seen)) == 40  # the two ranks' shards do not overlap
 
 
 def test_grouped_batches_infinite_deterministic_and_resumable() -> None:
@@ -471,7 +483,7 @@ def test_test_loader_sequential_all_images(tmp_path: Path) -> None:
     _coco(tmp_path, write_images=True)
     loader = build_det_test_loader(_cfg(tmp_path), batch_size=2)
     got = [(t["image_id"], t["image_size"], len(t["gt_boxes"])) for _, ts in loader for t in ts]
-    assert got == [(10, (40, 60), 2), (11, (67, 40), 1), (12, (40, 40), 0)]
+    assert got == [(10, (40, 60), 2), (11, (66, 40), 1), (12, (40, 40), 0)]  # torchvision's floor
     assert loader.dataset.source.coco is not None and len(loader.dataset.source.records) == 3
 
 

@@ -18,15 +18,13 @@ import pytest
 import torch
 
 # the tiny models and data sets of the single-process end-to-end tests
-from test_e2e_cls import TINY_R18, synthetic_overrides
-from test_e2e_det import TINY, data_overrides
 
 from detres.config import load_config
 from detres.data.cls_loader import build_cls_dataset
 from detres.data.demo_det import generate_demo_det
 from detres.data.synthetic_cls import generate_synthetic_cls
 from detres.engine.cls import build_model, evaluate_classifier
-from detres.engine.logging import read_jsonl
+from detres.utils.logging import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,11 +64,12 @@ def check_single_writer(out: Path, iterations: int, expected: set[str]) -> None:
     assert len(starts) == 1 and "world size 2" in starts[0]
 
 
-def test_pretrain_cls_ddp(tmp_path: Path) -> None:
+def test_pretrain_cls_ddp(tmp_path: Path, tiny_cls: list[str],
+                          synthetic_data: Callable[[Path], list[str]]) -> None:
     generate_synthetic_cls(tmp_path / "data", spec="synthetic_cls", train_per_class=4,
                            val_per_class=3)
     out = tmp_path / "out"
-    ov = [*synthetic_overrides(tmp_path / "data"), *TINY_R18, "solver.max_iter=3"]
+    ov = [*synthetic_data(tmp_path / "data"), *tiny_cls, "solver.max_iter=3"]
     proc = torchrun("pretrain_cls", ["--cfg", "imagenet_resnet18.yaml", "--out-dir", str(out),
                                      *ov])
     assert proc.stdout.count("top-1 error") == 1  # the summary, from rank 0 only
@@ -92,10 +91,11 @@ def test_pretrain_cls_ddp(tmp_path: Path) -> None:
     assert single["loss"] == pytest.approx(val["val/loss"], rel=1e-5)
 
 
-def test_train_det_ddp(tmp_path: Path, tool: Callable[[str], ModuleType]) -> None:
+def test_train_det_ddp(tmp_path: Path, tool: Callable[[str], ModuleType], tiny_det: list[str],
+                      demo_data: Callable[[Path], list[str]]) -> None:
     generate_demo_det(tmp_path / "data", num_train=12, num_val=7)
     out = tmp_path / "out"
-    ov = [*data_overrides(tmp_path / "data"), *TINY, "solver.max_iter=2"]
+    ov = [*demo_data(tmp_path / "data"), *tiny_det, "solver.max_iter=2"]
     torchrun("train_det", ["--cfg", "demo.yaml", "--out-dir", str(out), *ov])
     check_single_writer(out, 2, {"metrics.jsonl", "curves.png", "config.yaml", "log.txt",
                                  "model_final.pth", "metrics.json",

@@ -10,7 +10,7 @@ import torch
 
 from detres.config import ConfigError, load_config
 from detres.modeling import build_classifier, build_detector
-from detres.modeling.faster_rcnn import FasterRCNN, load_detector_weights
+from detres.modeling import FasterRCNN, load_pretrained, load_weights
 
 TINY = {
     "c4": [
@@ -50,8 +50,12 @@ COMMON = [
 
 
 def tiny_detector(family: str, *extra: str) -> FasterRCNN:
+    """Built, then the weights the config names loaded (the explicit step)."""
     torch.manual_seed(0)
-    return build_detector(load_config(None, COMMON + TINY[family] + list(extra)))
+    cfg = load_config(None, COMMON + TINY[family] + list(extra))
+    model = build_detector(cfg)
+    load_pretrained(model, cfg.model)
+    return model
 
 
 def batch(empty: bool = False) -> tuple[torch.Tensor, list[dict]]:
@@ -115,13 +119,15 @@ def test_frozen_trunk_and_state_dict_layout(tmp_path: Path) -> None:
         "model.backbone.norm=FrozenBN",
         "model.backbone.freeze_at=2",
     )
-    torch.testing.assert_close(model.backbone.layer4[0].conv1.weight, cls.layer4[0].conv1.weight)
+    res5 = model.roi_heads.box_head.res5  # res5 runs per RoI: the box head owns it
+    torch.testing.assert_close(res5[0].conv1.weight, cls.layer4[0].conv1.weight)
     torch.testing.assert_close(
         model.backbone.layer3[1].bn2.running_var, cls.layer3[1].bn2.running_var
     )
-    assert model.roi_heads.box_head.res5 is model.backbone.layer4  # one module, used by the head
+    assert not hasattr(model.backbone, "layer4")  # one module, in one place
     keys = list(model.state_dict())
-    assert not any(k.startswith("roi_heads.box_head") for k in keys)
+    assert not any(k.startswith("backbone.layer4") for k in keys)
+    assert any(k.startswith("roi_heads.box_head.res5.") for k in keys)
     ptrs = [t.data_ptr() for t in model.state_dict().values() if t.numel()]
     assert len(ptrs) == len(set(ptrs)), "duplicated tensors in the state dict"
     trainable = {
@@ -129,7 +135,8 @@ def test_frozen_trunk_and_state_dict_layout(tmp_path: Path) -> None:
         for n, p in model.named_parameters()
         if p.requires_grad and n.startswith("backbone.")
     }
-    assert trainable == {"layer2", "layer3", "layer4"}
+    assert trainable == {"layer2", "layer3"}
+    assert all(p.requires_grad for p in res5.parameters())
 
 
 @pytest.mark.parametrize("pooler", ["ROIAlign", "ROIPool"])
@@ -193,8 +200,8 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     for k, v in model.state_dict().items():
         torch.testing.assert_close(other.state_dict()[k], v)
     wrong = tiny_detector("c4")
-    with pytest.raises(ValueError, match="do not fit"):
-        load_detector_weights(wrong, path)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_weights(wrong, path, policy="strict")
 
 
 def test_bad_inputs_fail_with_clear_errors() -> None:

@@ -3,24 +3,25 @@ weights: the same detections on the same images."""
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
+from detres.benchmark.reference import build_torchvision_frcnn
 from detres.config import from_dict, load_config
-from detres.modeling import build_detector
-from detres.modeling.convert import (
+from detres.modeling import build_detector, load_weights
+from detres.modeling.weights import weights_from_dict
+from detres.modeling.weights.torchvision import (
     TORCHVISION_R50_FPN_OVERRIDES,
-    build_torchvision_frcnn,
     coco_layout,
     convert_torchvision_frcnn,
     torchvision_frcnn_checkpoint,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 # Small inputs and RPN top-k on both sides keep this test at a few seconds of CPU.
 SETTINGS = {"min_size": 160, "max_size": 256, "pre_nms": 300, "post_nms": 200}
 OVERRIDES = TORCHVISION_R50_FPN_OVERRIDES + [
@@ -67,8 +68,8 @@ def test_predict_matches_torchvision(torchvision_model: torch.nn.Module) -> None
     cfg = load_config(None, OVERRIDES)
     ckpt = torchvision_frcnn_checkpoint(torchvision_model.state_dict(), cfg, src_bn_eps=0.0)
     ours = build_detector(from_dict(ckpt["config"]))
-    ours.load_state_dict(ckpt["model"], strict=True)
-    ours.set_classes(ckpt["class_names"], ckpt["category_ids"])
+    load_weights(ours, weights_from_dict(ckpt, source="converted"), policy="strict")
+    assert ours.category_ids == coco_layout()[0]
     imgs = images()
     with torch.no_grad():
         ref = torchvision_model(imgs)
@@ -108,20 +109,15 @@ def test_conversion_layout() -> None:
         convert_torchvision_frcnn({**sd, "roi_heads.mask_head.0.weight": torch.zeros(1)})
 
 
-def test_convert_weights_tool(tmp_path: Path, torchvision_model: torch.nn.Module) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "convert_weights", REPO / "tools/convert_weights.py"
-    )
-    assert spec is not None and spec.loader is not None
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_convert_weights_tool(tmp_path: Path, torchvision_model: torch.nn.Module,
+                              tool: Callable[[str], ModuleType]) -> None:
     src, out = tmp_path / "tv.pth", tmp_path / "detres_r50_fpn.pth"
     torch.save(torchvision_model.state_dict(), src)
-    assert tool.main(["--src", str(src), "--out", str(out)]) == 0
+    assert tool("convert_weights").main(["--src", str(src), "--out", str(out)]) == 0
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model", "config", "class_names", "category_ids"}
     assert ckpt["category_ids"] == coco_layout()[0] and len(ckpt["class_names"]) == 80
     cfg = from_dict(ckpt["config"])
     assert cfg.model.arch == "faster_rcnn_fpn" and cfg.model.num_classes == 80
     with pytest.raises(SystemExit, match="no such file"):
-        tool.main(["--src", str(tmp_path / "missing.pth"), "--out", str(out)])
+        tool("convert_weights").main(["--src", str(tmp_path / "missing.pth"), "--out", str(out)])

@@ -17,40 +17,17 @@ import torch
 
 from detres.config import load_config
 from detres.data.synthetic_cls import generate_synthetic_cls
-from detres.engine.logging import read_jsonl
-from detres.modeling import build_detector
-
-# A narrow ImageNet-style ResNet-18 on the synthetic 32x32 set with ImageNet-style scale
-# augmentation scaled down (shorter side 32..40, 32 crops).
-TINY_R18 = [
-    "model.backbone.width_per_group=8",
-    "data.cls_aug.crop_size=32", "data.cls_aug.scale_min=32", "data.cls_aug.scale_max=40",
-    "data.cls_aug.test_resize=32",
-    "solver.batch_size=8", "solver.reference_batch_size=0", "solver.base_lr=0.05",
-    "solver.schedule=multistep", "solver.steps=[4]", "solver.warmup_iters=2",
-    "train.log_period=1", "train.checkpoint_period=3", "train.eval_period=0",
-    "train.device=cpu", "data.num_workers=0",
-]
-
-
-def synthetic_overrides(root: Path) -> list[str]:
-    """The generated small set by path (the catalog names would regenerate the full size)."""
-    return [
-        f"data.root={root}",
-        "data.train=[{name: tiny_train, format: synthetic_cls, path: synthetic_cls, "
-        "split: train}]",
-        "data.test=[{name: tiny_val, format: synthetic_cls, path: synthetic_cls, split: val}]",
-    ]
-
+from detres.utils.logging import read_jsonl
+from detres.modeling import build_detector, load_pretrained
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType]
-        ) -> dict[str, object]:
+def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType],
+        tiny_cls: list[str], synthetic_data: Callable[[Path], list[str]]) -> dict[str, object]:
     """6 iterations straight, and 3 iterations then --resume to 6."""
     tmp = tmp_path_factory.mktemp("e2e_cls")
     generate_synthetic_cls(tmp / "data", spec="synthetic_cls", train_per_class=4,
                            val_per_class=2)
-    ov = [*synthetic_overrides(tmp / "data"), *TINY_R18]
+    ov = [*synthetic_data(tmp / "data"), *tiny_cls]
     main = tool("pretrain_cls").main
     full, part = tmp / "full", tmp / "part"
     cfg = "imagenet_resnet18.yaml"
@@ -127,14 +104,21 @@ def test_checkpoint_loads_into_detector_trunk(run: dict[str, object], arch: str)
     if arch == "faster_rcnn_c4":  # the paper's fine-tuning set-up
         ov += ["model.backbone.norm=FrozenBN", "model.backbone.freeze_at=2",
                "model.anchors.sizes=[[32,64,128]]", "model.roi_heads.pooler_resolution=14"]
-    model = build_detector(load_config("demo.yaml", ov))
+    cfg = load_config("demo.yaml", ov)
+    model = build_detector(cfg)
+    load_pretrained(model, cfg.model)
     cls_state = torch.load(weights, weights_only=True)["model"]
-    trunk = model.backbone.state_dict()
-    assert not any(k.startswith("fc.") for k in trunk)
+    state = model.state_dict()
+    assert not any(k.startswith("fc.") for k in model.backbone.state_dict())
     body = {k: v for k, v in cls_state.items()
             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    assert set(body) == {k for k in trunk if not k.endswith("num_batches_tracked")}
-    differ = [k for k in body if not torch.equal(trunk[k], body[k])]
+    # the whole trunk: the backbone, and for C4 res5 in the box head (roi_heads.box_head.res5)
+    trunk = {k: model.trunk_keys[k] for k in body}
+    assert set(trunk.values()) == {k for k in state if not k.endswith("num_batches_tracked")
+                                   and (k.startswith("backbone.") or ".res5." in k)}
+    if arch == "faster_rcnn_c4":
+        assert trunk["layer4.0.conv1.weight"] == "roi_heads.box_head.res5.0.conv1.weight"
+    differ = [k for k in body if not torch.equal(state[trunk[k]], body[k])]
     assert not differ, differ[:5]
 
 

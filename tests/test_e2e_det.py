@@ -15,7 +15,7 @@ import torch
 
 from detres.config import load_config
 from detres.data.demo_det import DEMO_CATEGORY_IDS, DEMO_CLASSES, generate_demo_det
-from detres.engine.logging import read_jsonl
+from detres.utils.logging import read_jsonl
 from detres.engine.predict import (
     build_predictor,
     draw_detections,
@@ -24,41 +24,13 @@ from detres.engine.predict import (
     read_image,
 )
 
-# A ~0.2M-parameter ResNet-18-FPN on 128-192 px images: a few seconds per run on 2 cores.
-TINY = [
-    "model.backbone.width_per_group=8", "model.fpn.out_channels=16", "model.roi_heads.fc_dim=32",
-    "model.input.min_size_train=[128]", "model.input.max_size_train=192",
-    "model.input.min_size_test=128", "model.input.max_size_test=192",
-    "model.rpn.pre_nms_topk_train=200", "model.rpn.post_nms_topk_train=100",
-    "model.rpn.pre_nms_topk_test=100", "model.rpn.post_nms_topk_test=50",
-    "model.rpn.batch_size_per_image=64", "model.roi_heads.batch_size_per_image=32",
-    "model.roi_heads.detections_per_image=20",
-    "solver.batch_size=2", "solver.base_lr=0.01", "solver.steps=[4]", "solver.warmup_iters=2",
-    "train.log_period=1", "train.checkpoint_period=3", "train.device=cpu",
-    "data.num_workers=0",
-]
-
-
-def data_overrides(root: Path) -> list[str]:
-    """The generated set as custom COCO sets by path (the catalog's ``demo_coco_*`` entries
-    would regenerate it at the default size)."""
-    ann, img = "demo_det/annotations", "demo_det/images"
-    return [
-        f"data.root={root}",
-        f"data.train=[{{name: tiny_train, format: coco, path: {ann}/instances_train.json, "
-        f"images: {img}}}]",
-        f"data.test=[{{name: tiny_val, format: coco, path: {ann}/instances_val.json, "
-        f"images: {img}}}]",
-    ]
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType]
-        ) -> dict[str, Path]:
+def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType],
+        tiny_det: list[str], demo_data: Callable[[Path], list[str]]) -> dict[str, Path]:
     """A 6-iteration run, and the same run stopped at 3 iterations then resumed to 6."""
     tmp = tmp_path_factory.mktemp("e2e_det")
     generate_demo_det(tmp / "data", num_train=16, num_val=8)
-    ov = [*data_overrides(tmp / "data"), *TINY]
+    ov = [*demo_data(tmp / "data"), *tiny_det]
     train = tool("train_det").main
     full, part = tmp / "full", tmp / "part"
     assert train(["--cfg", "demo.yaml", "--out-dir", str(full), *ov, "solver.max_iter=6"]) == 0

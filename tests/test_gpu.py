@@ -10,13 +10,13 @@ from types import ModuleType
 
 import pytest
 import torch
-from test_e2e_det import TINY, data_overrides
 from torchvision.ops import roi_align as tv_roi_align
 
 from detres.config import load_config
 from detres.data.demo_det import generate_demo_det
 from detres.modeling import build_detector
 from detres.modeling.roi_align import roi_align
+from detres.utils.device import autocast_context
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -40,11 +40,9 @@ def test_roi_align_cuda_matches_torchvision(aligned: bool) -> None:
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_detector_amp_channels_last_cuda(amp: str) -> None:
-    from detres.engine.trainer import autocast_context
-
+def test_detector_amp_channels_last_cuda(amp: str, tiny_det: list[str]) -> None:
     torch.backends.cudnn.benchmark = True
-    cfg = load_config("demo.yaml", TINY)
+    cfg = load_config("demo.yaml", tiny_det)
     model = build_detector(cfg).to(CUDA).to(memory_format=torch.channels_last)
     images = torch.rand(2, 3, 128, 160, device=CUDA).contiguous(memory_format=torch.channels_last)
     targets = [{"gt_boxes": torch.tensor([[10.0, 10, 80, 90]], device=CUDA),
@@ -59,11 +57,12 @@ def test_detector_amp_channels_last_cuda(amp: str) -> None:
     assert all(d["boxes"].device.type == "cuda" for d in dets)
 
 
-def test_train_det_fp16_cuda(tmp_path: Path, tool: Callable[[str], ModuleType]) -> None:
+def test_train_det_fp16_cuda(tmp_path: Path, tool: Callable[[str], ModuleType],
+                            tiny_det: list[str], demo_data: Callable[[Path], list[str]]) -> None:
     generate_demo_det(tmp_path / "data", num_train=8, num_val=4)
     out = tmp_path / "run"
-    argv = ["--cfg", "demo.yaml", "--out-dir", str(out), *data_overrides(tmp_path / "data"),
-            *TINY, "train.device=cuda", "train.amp=fp16", "train.channels_last=true",
+    argv = ["--cfg", "demo.yaml", "--out-dir", str(out), *demo_data(tmp_path / "data"),
+            *tiny_det, "train.device=cuda", "train.amp=fp16", "train.channels_last=true",
             "solver.max_iter=4", "solver.batch_size=2", "solver.warmup_iters=1",
             "solver.steps=[3]", "train.eval_period=4", "train.checkpoint_period=4",
             "data.num_workers=0"]
@@ -71,10 +70,11 @@ def test_train_det_fp16_cuda(tmp_path: Path, tool: Callable[[str], ModuleType]) 
     assert "mAP@.5" in json.loads((out / "metrics.json").read_text())
 
 
-def test_benchmark_tool_cuda(tmp_path: Path, tool: Callable[[str], ModuleType]) -> None:
+def test_benchmark_tool_cuda(tmp_path: Path, tool: Callable[[str], ModuleType],
+                            tiny_det: list[str]) -> None:
     out = tmp_path / "bench.json"
     argv = ["--cfg", "demo", "--device", "cuda", "--precision", "fp16", "--image-size",
-            "100x120", "--repeats", "2", "--json", str(out), *TINY]
+            "100x120", "--repeats", "2", "--json", str(out), *tiny_det]
     assert tool("benchmark").main(argv) == 0
     res = json.loads(out.read_text())
     assert res["inference"]["peak_mib"] > 0 and "gpu" in res["machine"]

@@ -27,15 +27,11 @@ from typing import Any
 
 import torch
 
+from detres.benchmark import suite as B
+from detres.benchmark.core import PRECISIONS, calibrate_random_detector, test_size
 from detres.config import load_config
-from detres.engine import bench_suite as B
-from detres.engine.benchmark import (
-    PRECISIONS,
-    calibrate_random_detector,
-    resized_size,
-)
-from detres.engine.trainer import resolve_device
-from detres.modeling import build_detector
+from detres.modeling import build_detector, load_pretrained
+from detres.utils.device import resolve_device
 
 
 def parse_hw(text: str) -> tuple[int, int]:
@@ -105,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.cfg} on {res['machine']} | {a.precision}, channels_last={cl}, "
           f"image {a.image_size[0]}x{a.image_size[1]}")
     model = build_detector(cfg).to(device)
-    if not a.weights:  # random weights: give the BN layers sane statistics (see the docstring)
-        i = cfg.model.input
-        calibrate_random_detector(model, resized_size(a.image_size, i.min_size_test,
-                                                      i.max_size_test))
+    if a.weights:
+        load_pretrained(model, cfg.model)
+    else:  # random weights: give the BN layers sane statistics (see the docstring)
+        calibrate_random_detector(model, test_size(model, a.image_size))
     if cl:
         model = model.to(memory_format=torch.channels_last)
     if "inference" not in a.skip:

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from detres.config import find_config, load_config  # noqa: E402
-from detres.modeling.convert import (  # noqa: E402
+from detres.config import find_config, load_config
+from detres.modeling.weights.torchvision import (
     TORCHVISION_R50_FPN_OVERRIDES,
     torchvision_frcnn_checkpoint,
 )
@@ -35,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cfg",
         default=None,
         help="detres config (default: coco_r50_fpn.yaml if present, else torchvision's "
-        "settings from detres.modeling.convert)",
+        "settings from detres.modeling.weights.torchvision)",
     )
     p.add_argument(
         "--src-bn-eps",

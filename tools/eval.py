@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from detres.config import load_config
+from detres.engine import det
 from detres.evaluation import (
     VOCEvaluator,
     evaluate_coco_results,
@@ -32,6 +34,8 @@ from detres.evaluation import (
     write_metrics,
 )
 from detres.evaluation.voc_io import voc_class_names
+from detres.utils.device import resolve_device
+from detres.utils.dist import cleanup, init_distributed
 
 #: (results, published figures in percent, published source, title)
 Scored = tuple[dict[str, Any], dict[str, float], str, str]
@@ -62,10 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def eval_detector(args: argparse.Namespace) -> Scored:
     """Mode 1: run the config's detector with ``--weights`` on ``data.test[0]`` and score it
     with that set's evaluator; under torchrun each rank runs its shard, rank 0 scores."""
-    from detres.config import load_config
-    from detres.engine.det import evaluate_config
-    from detres.engine.distributed import cleanup, get_local_rank, init_distributed
-    from detres.engine.trainer import resolve_device
+    from detres.utils.dist import get_local_rank
 
     cfg = load_config(args.cfg, [*args.overrides, f"model.weights={args.weights}"])
     if cfg.task != "det":
@@ -75,7 +76,7 @@ def eval_detector(args: argparse.Namespace) -> Scored:
     if device.type == "cuda":
         device = torch.device("cuda", get_local_rank())
     try:  # COCO results are dumped beside --out
-        results = evaluate_config(cfg, device, out_dir=args.out.parent if args.out else None)
+        results = det.evaluate_config(cfg, device, out_dir=args.out.parent if args.out else None)
     finally:
         cleanup()
     test = cfg.data.test[0]

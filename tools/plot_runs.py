@@ -10,17 +10,14 @@ and validation error (bold) against iterations, one panel per group of runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from detres.engine.logging import read_jsonl  # noqa: E402
+from detres.utils.logging import read_jsonl
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

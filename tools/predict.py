@@ -18,10 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from detres.config import load_config  # noqa: E402
-from detres.engine.predict import (  # noqa: E402
+from detres.config import load_config
+from detres.engine.predict import (
     build_predictor,
     detection_record,
     draw_detections,
@@ -30,7 +28,7 @@ from detres.engine.predict import (  # noqa: E402
     predict_files,
     write_image,
 )
-from detres.engine.trainer import resolve_device  # noqa: E402
+from detres.utils.device import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:

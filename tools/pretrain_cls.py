@@ -10,14 +10,9 @@ python tools/pretrain_cls.py --cfg cls_demo.yaml --out-dir output/x --resume
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from detres.engine.cls import final_summary, pretrain  # noqa: E402
-from detres.engine.distributed import cleanup, is_main_process  # noqa: E402
-from detres.engine.launch import resume_arg, setup_run, train_argparser  # noqa: E402
+from detres.engine.cls import final_summary, pretrain
+from detres.engine.launch import resume_arg, setup_run, train_argparser
+from detres.utils.dist import cleanup, is_main_process
 
 
 def main(argv: list[str] | None = None) -> int:

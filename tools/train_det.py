@@ -9,15 +9,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from detres.engine.det import evaluate_config, train_detector  # noqa: E402
-from detres.engine.distributed import cleanup, is_main_process  # noqa: E402
-from detres.engine.launch import resume_arg, setup_run, train_argparser  # noqa: E402
-from detres.evaluation import format_table, write_metrics  # noqa: E402
+from detres.engine.det import evaluate_config, train_detector
+from detres.engine.launch import resume_arg, setup_run, train_argparser
+from detres.evaluation import format_table, write_metrics
+from detres.utils.dist import cleanup, is_main_process
 
 
 def main(argv: list[str] | None = None) -> int:

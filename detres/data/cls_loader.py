@@ -3,31 +3,28 @@
 ``build_cls_dataset(cfg, train)`` concatenates the ``cfg.data.train`` (or ``test``) entries,
 resolved through the catalog, and applies the albumentations pipeline of
 ``cfg.data.cls_aug`` normalized with ``cfg.model.input.pixel_mean/std``; items are
-``(float Tensor[3, crop, crop], int label)``. ``build_cls_loader(cfg, train, batch_size)``
-wraps it in a DataLoader; ``batch_size`` is per process (``cfg.solver.batch_size`` is the
-total over all processes, so the caller divides it by the world size).
-
-Under ``torch.distributed`` the training loader uses a ``DistributedSampler`` (call
-``loader.sampler.set_epoch(epoch)`` each epoch) and the test loader an
-:class:`InferenceSampler` that splits the set into contiguous shards without padding or
-duplicates, so gathered metrics count every image exactly once.
+``(float Tensor[3, crop, crop], int label)``. The loaders are iteration-based as the
+detection ones: ``build_cls_train_loader`` never ends and resumes exactly at any iteration;
+``build_cls_test_loader`` shards the test set over ranks without padding or duplicates, so
+gathered metrics count every image exactly once.
 """
 
 from __future__ import annotations
 
 import bisect
-import random
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from detres.config import Config, data_root
 from detres.data.catalog import build_source
 from detres.data.cls_transforms import ClsTransform, build_cls_transform
-from detres.engine.distributed import get_rank, get_world_size, is_dist
+from detres.data.samplers import InferenceSampler
+from detres.data.sampling import InfiniteSampler, SeededDataset
+from detres.utils.dist import get_rank, get_world_size
 
 
 class ClsSource(Protocol):
@@ -78,10 +75,6 @@ class ClsDataset(Dataset[tuple[torch.Tensor, int]]):
             return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), label
         return self.transform(image), label
 
-    def reseed(self, seed: int) -> None:
-        if self.transform is not None:
-            self.transform.reseed(seed)
-
 
 def build_cls_dataset(cfg: Config, train: bool) -> ClsDataset:
     """The ``cfg.data.train`` (or ``test``) sets, concatenated, with the cls_aug pipeline."""
@@ -108,72 +101,29 @@ def build_cls_dataset(cfg: Config, train: bool) -> ClsDataset:
     return ds
 
 
-class InferenceSampler(Sampler[int]):
-    """Contiguous shard ``rank`` of ``range(size)``; shards differ by at most one index."""
-
-    def __init__(self, size: int, rank: int | None = None, world_size: int | None = None):
-        self.size = size
-        self.rank = get_rank() if rank is None else rank
-        self.world_size = get_world_size() if world_size is None else world_size
-        per, extra = divmod(size, self.world_size)
-        self.begin = self.rank * per + min(self.rank, extra)
-        self.end = self.begin + per + (1 if self.rank < extra else 0)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.begin, self.end))
-
-    def __len__(self) -> int:
-        return self.end - self.begin
+def build_cls_train_loader(cfg: Config, *, start_iter: int = 0,
+                           ds: ClsDataset | None = None) -> DataLoader:
+    """Endless batches of this process's share of ``solver.batch_size`` from the ``data.train``
+    sets, from iteration ``start_iter`` on (the batches an uninterrupted run would have
+    drawn): :class:`~detres.data.sampling.InfiniteSampler` indices sharded over ranks, each
+    draw seeding its own augmentation, so the batches do not depend on the worker count."""
+    ds = ds if ds is not None else build_cls_dataset(cfg, train=True)
+    per_rank = cfg.solver.batch_size // get_world_size()
+    sampler = InfiniteSampler(len(ds), seed=cfg.train.seed, start=start_iter * per_rank)
+    return DataLoader(SeededDataset(ds), batch_size=per_rank, sampler=sampler, drop_last=True,
+                      **_loader_kwargs(cfg))
 
 
-def _seed_for(seed: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+def build_cls_test_loader(cfg: Config, ds: ClsDataset | None = None, *,
+                          batch_size: int = 256) -> DataLoader:
+    """The ``data.test`` sets in order, nothing dropped; under torchrun each rank gets a
+    contiguous shard without duplicates (:class:`~detres.data.samplers.InferenceSampler`)."""
+    ds = ds if ds is not None else build_cls_dataset(cfg, train=False)
+    sampler = InferenceSampler(len(ds), rank=get_rank(), world_size=get_world_size())
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, **_loader_kwargs(cfg))
 
 
-def worker_init_fn(worker_id: int) -> None:
-    """Seed numpy, random and the augmentation pipeline from the worker's torch seed (which
-    derives from the loader's generator). (No ``cv2.setNumThreads`` here: in a forked worker
-    it can deadlock on the parent's OpenCV thread pool.)"""
-    info = get_worker_info()
-    seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    dataset = info.dataset if info is not None else None
-    if isinstance(dataset, ClsDataset):
-        dataset.reseed(seed)
-
-
-def build_cls_loader(cfg: Config, train: bool, batch_size: int) -> DataLoader:
-    """DataLoader of ``build_cls_dataset(cfg, train)`` with ``batch_size`` images per process.
-
-    Training: shuffled (``DistributedSampler`` seeded by ``train.seed`` under DDP), last
-    incomplete batch dropped. Test: in order, nothing dropped (sharded without duplicates
-    under DDP). Sample order and augmentations are reproducible from ``cfg.train.seed``.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    dataset = build_cls_dataset(cfg, train)
-    seed, rank = cfg.train.seed, get_rank()
-    generator = torch.Generator()
-    generator.manual_seed(_seed_for(seed, rank))  # per-rank augmentations
-    dataset.reseed(_seed_for(seed + 1, rank))  # used when num_workers == 0
-    sampler: Sampler[int] | None = None
-    if is_dist():
-        sampler = (
-            DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=True)
-            if train
-            else InferenceSampler(len(dataset))
-        )
-    workers = cfg.data.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train if sampler is None else None,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=train,
-        persistent_workers=workers > 0,
-        worker_init_fn=worker_init_fn,
-        generator=generator,
-    )
+def _loader_kwargs(cfg: Config) -> dict[str, Any]:
+    w = cfg.data.num_workers
+    return {"num_workers": w, "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": w > 0}

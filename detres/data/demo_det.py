@@ -18,8 +18,9 @@ Written in two layouts describing the same boxes and images:
   ``difficult`` there (the COCO copy has no such flag).
 
 The set is written to a temporary directory and renamed into place, with ``manifest.json``
-(version, seed, counts) written last; a missing or different manifest means regeneration. An
-flock on the data root makes concurrent callers (torchrun ranks) wait for one writer.
+(version, seed, counts) written last; a missing or different manifest means regeneration;
+concurrent callers (torchrun ranks) wait for one writer
+(:func:`detres.utils.io.build_directory_once`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -38,6 +36,7 @@ import cv2
 import numpy as np
 
 from detres.data.catalog import GENERATORS
+from detres.utils.io import build_directory_once
 
 DEMO_VERSION = 2  # bump whenever the generated files change
 DEMO_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross")
@@ -279,52 +278,20 @@ def _is_current(target: Path, want: dict[str, Any]) -> bool:
         return False
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive flock on the directory itself (no lock file is left behind)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): the atomic rename still keeps the set whole
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def generate_demo_det(root: str | Path, *, num_train: int = DEFAULT_COUNTS["train"],
                       num_val: int = DEFAULT_COUNTS["val"], seed: int = DEFAULT_SEED) -> Path:
     """Write the demo set to ``<root>/demo_det`` unless a current one is there; returns it."""
-    root = Path(root)
-    target = root / "demo_det"
     counts = {"train": int(num_train), "val": int(num_val)}
     if max(counts.values()) >= _ID_STRIDE:
         raise ValueError(f"demo set counts must be below {_ID_STRIDE}, got {counts}")
     want = _manifest(counts, seed)
-    if _is_current(target, want):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with _locked(root):
-        if _is_current(target, want):  # another process wrote it while we waited
-            return target
-        for old in root.glob("demo_det.tmp-*"):  # left by a killed writer
-            shutil.rmtree(old, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix="demo_det.tmp-", dir=root))
-        try:
-            _write(tmp, counts, seed)
-            (tmp / "manifest.json").write_text(json.dumps(want, indent=1))
-            if target.exists():  # stale or partial: move aside, then delete
-                stale = Path(tempfile.mkdtemp(prefix="demo_det.tmp-", dir=root))
-                os.replace(target, stale / "old")
-                shutil.rmtree(stale, ignore_errors=True)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+
+    def write(tmp: Path) -> None:
+        _write(tmp, counts, seed)
+        (tmp / "manifest.json").write_text(json.dumps(want, indent=1))  # last: marks it whole
+
+    return build_directory_once(Path(root) / "demo_det", is_current=lambda d: _is_current(d, want),
+                                write=write)
 
 
 @GENERATORS.register("demo_det")

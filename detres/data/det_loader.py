@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -27,10 +26,15 @@ from detres.config import Config, data_root
 from detres.data.catalog import build_source
 from detres.data.collate import make_collate
 from detres.data.det_source import DetSource, Record, concat_sources, training_records
-from detres.data.det_transforms import apply_det_transform, build_det_transform, load_image
+from detres.data.det_transforms import (
+    DetTransform,
+    apply_det_transform,
+    build_det_transform,
+    load_image,
+)
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
 from detres.data.sampling import InfiniteSampler, SeededDataset
-from detres.engine.distributed import get_rank, get_world_size
+from detres.utils.dist import get_rank, get_world_size
 
 
 class DetDataset(Dataset):
@@ -38,7 +42,7 @@ class DetDataset(Dataset):
     :mod:`detres.data.collate`. Boxes and classes are used as they are: filter the records
     first (:func:`~detres.data.det_source.training_records`)."""
 
-    def __init__(self, records: list[Record], transform: A.Compose,
+    def __init__(self, records: list[Record], transform: DetTransform,
                  source: DetSource | None = None) -> None:
         self.records = records
         self.transform = transform
@@ -119,8 +123,7 @@ def build_det_train_loader(cfg: Config, batch_size_per_process: int, *, start_it
     dataset = SeededDataset(DetDataset(records, transform, src))
     stream = InfiniteSampler(len(records), seed=seed, shuffle=True, rank=rank, world_size=world)
     groups = aspect_groups(records) if cfg.data.aspect_ratio_grouping else None
-    batches = GroupedBatchSampler(stream, groups, batch_size_per_process, infinite=True,
-                                  start_iter=start_iter)
+    batches = GroupedBatchSampler(stream, groups, batch_size_per_process, start_iter=start_iter)
     return DataLoader(
         dataset,
         batch_sampler=batches,

@@ -11,7 +11,7 @@ data set's own category id ``category_ids[k - 1]``; 0 is background inside the h
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class DetSource:
     split: str = ""  # VOC image set
     year: str = ""  # VOC: "2007" / "2012" from the directory name ("" for custom sets)
     coco: Any = None  # COCO: the pycocotools COCO object for the evaluator
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +76,6 @@ def concat_sources(sources: Sequence[DetSource]) -> DetSource:
         records=[r for s in sources for r in s.records],
         class_names=list(first.class_names),
         category_ids=list(first.category_ids),
-        extra={"parts": [s.name for s in sources]},
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from detres.engine.distributed import get_rank, get_world_size
+from detres.utils.dist import get_rank, get_world_size
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -104,21 +104,3 @@ class SeededDataset(Dataset):
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             torch.set_rng_state(saved[2])
-
-
-class ShardSampler(Sampler[int]):
-    """Sequential indices ``rank::world_size`` with no padding, so that gathering every
-    rank's results scores each sample exactly once (unlike ``DistributedSampler``)."""
-
-    def __init__(
-        self, size: int, *, rank: int | None = None, world_size: int | None = None
-    ) -> None:
-        self.size = size
-        self.rank = get_rank() if rank is None else rank
-        self.world_size = get_world_size() if world_size is None else world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.size, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world_size))

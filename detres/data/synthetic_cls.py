@@ -26,13 +26,10 @@ regenerated.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +38,7 @@ import numpy as np
 
 from detres.data.catalog import DATASET_FORMATS, GENERATORS
 from detres.data.imagefolder import ImageFolderSource
+from detres.utils.io import build_directory_once
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -358,22 +356,6 @@ def write_set(spec: SynthClsSpec, out: Path) -> None:
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX ``flock``); a no-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: rely on the atomic rename alone
-        yield
-        return
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def generate_synthetic_cls(
     root: str | os.PathLike[str],
     *,
@@ -400,30 +382,11 @@ def generate_synthetic_cls(
     if any(v <= 0 for v in changes.values()):
         raise ValueError(f"synthetic set {spec.name!r}: per-class counts must be > 0: {changes}")
     spec = dataclasses.replace(spec, **changes)
-    root = Path(root)
-    target = root / spec.name
-    if not force and is_complete(target, spec):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{spec.name}.lock"):
-        if not force and is_complete(target, spec):  # another process made it meanwhile
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=root))
-        try:
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private
-            write_set(spec, tmp)
-            if target.exists():  # stale or partial: move aside, then swap in the new set
-                old = Path(tempfile.mkdtemp(prefix=f".{spec.name}.old-", dir=root))
-                os.replace(target, old / "set")
-                shutil.rmtree(old, ignore_errors=True)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if not is_complete(target, spec):  # lost a lock-free race to a bad set
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    target = Path(root) / spec.name
+    if force and target.exists():
+        shutil.rmtree(target)
+    return build_directory_once(target, is_current=lambda d: is_complete(d, spec),
+                                write=lambda tmp: write_set(spec, tmp))
 
 
 @GENERATORS.register("synthetic_cls")

@@ -6,94 +6,64 @@ entry has torchvision names and loads into a detector's trunk without renaming.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
 
 from detres.config import Config
-from detres.data.cls_loader import build_cls_dataset
-from detres.data.sampling import InfiniteSampler, SeededDataset, ShardSampler
-from detres.engine.distributed import get_world_size, is_dist
+from detres.data.cls_loader import (
+    ClsDataset,
+    build_cls_dataset,
+    build_cls_test_loader,
+    build_cls_train_loader,
+)
 from detres.engine.launch import Run
-from detres.engine.logging import LOG, plot_curves
-from detres.engine.trainer import Trainer, autocast_context
-from detres.modeling import build_backbone
-from detres.modeling.backbones.weights import load_weights
+from detres.engine.trainer import Trainer
+from detres.evaluation import EVALUATORS
+from detres.modeling import build_backbone, load_pretrained
+from detres.utils.device import autocast_context
+from detres.utils.dist import is_dist
+from detres.utils.logging import LOG, plot_curves
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
+def build_model(cfg: Config, num_classes: int, *, finetune: bool = False) -> nn.Module:
+    """The classifier of ``cfg`` with its weights (``model.weights``: strict, or with another
+    head when ``finetune``; else ``model.backbone.weights`` as a trunk)."""
     model = build_backbone(cfg.model.backbone, num_classes=num_classes)
-    if cfg.model.weights:
-        load_weights(model, cfg.model.weights)
+    load_pretrained(model, cfg.model, finetune=finetune)
     return model
 
 
-def _loader_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:
-    w = cfg.data.num_workers
-    return {"num_workers": w, "pin_memory": device.type == "cuda", "persistent_workers": w > 0}
-
-
-def train_batches(
-    ds: Dataset, cfg: Config, device: torch.device, start_iter: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless batches of this rank's share of ``solver.batch_size``, from iteration
-    ``start_iter`` on (the same batches an uninterrupted run would have drawn)."""
-    per_rank = cfg.solver.batch_size // get_world_size()
-    sampler = InfiniteSampler(len(ds), seed=cfg.train.seed, start=start_iter * per_rank)
-    loader = DataLoader(
-        SeededDataset(ds),
-        batch_size=per_rank,
-        sampler=sampler,
-        drop_last=True,
-        **_loader_kwargs(cfg, device),
-    )
-    return iter(loader)
-
-
 @torch.inference_mode()
-def evaluate_classifier(
-    model: nn.Module, ds: Dataset, cfg: Config, device: torch.device, batch_size: int = 256
-) -> dict[str, float]:
-    """Top-1 / top-5 error (fractions) over the whole split, summed across ranks."""
+def evaluate_classifier(model: nn.Module, ds: ClsDataset, cfg: Config,
+                        device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 error (fractions, :class:`~detres.evaluation.ClassificationEvaluator`)
+    and the mean loss over the whole split, every rank's shard gathered."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(
-        ds, batch_size=batch_size, sampler=ShardSampler(len(ds)), **_loader_kwargs(cfg, device)
-    )
-    stats = torch.zeros(4, dtype=torch.float64, device=device)  # top1, top5, loss sum, count
+    evaluator = EVALUATORS.build("classification", topk=(1, 5))
+    loss = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, count
     with autocast_context(device, cfg.train.amp):
-        for x, y in loader:
+        for x, y in build_cls_test_loader(cfg, ds):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x).float()
-            k = min(5, logits.shape[1])
-            topk = logits.topk(k, dim=1).indices
-            hit = topk == y[:, None]
-            stats += torch.stack(
-                [
-                    hit[:, 0].sum(),
-                    hit.any(1).sum(),
-                    F.cross_entropy(logits, y, reduction="sum"),
-                    torch.tensor(y.numel(), device=device),
-                ]
-            ).double()
+            evaluator.process(logits, y)
+            loss += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                                 torch.tensor(float(y.numel()), device=device).double()])
     if is_dist():
-        torch.distributed.all_reduce(stats)
+        torch.distributed.all_reduce(loss)
     model.train(was_training)
-    n = max(stats[3].item(), 1.0)
-    return {
-        "top1_err": 1 - stats[0].item() / n,
-        "top5_err": 1 - stats[1].item() / n,
-        "loss": stats[2].item() / n,
-        "num_images": int(stats[3].item()),
-    }
+    scores = evaluator.evaluate()  # rank 0; the trainer shares the metrics with every rank
+    if not scores:
+        return {}
+    return {"top1_err": scores["top1_err"], "top5_err": scores["top5_err"],
+            "loss": loss[0].item() / max(loss[1].item(), 1.0),
+            "num_images": scores["num_samples"]}
 
 
 def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> dict[str, float]:
@@ -103,6 +73,8 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
         if not cfg.model.weights:
             raise ValueError("--eval-only needs model.weights=CHECKPOINT")
         model = build_model(cfg, len(val_ds.classes)).to(device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         return evaluate_classifier(model, val_ds, cfg, device)
     train_ds = build_cls_dataset(cfg, train=True)
     classes = list(train_ds.classes)
@@ -113,7 +85,7 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
             len(classes),
         )
         cfg.model.num_classes = len(classes)
-    model = build_model(cfg, len(classes)).to(device)
+    model = build_model(cfg, len(classes), finetune=True).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = DistributedDataParallel(model) if run.distributed else model
@@ -136,6 +108,8 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         out = evaluate_classifier(model, val_ds, cfg, device)
+        if not out:  # not rank 0
+            return out
         LOG.info(
             "val: top-1 err %.4f  top-5 err %.4f  (%d images)",
             out["top1_err"],
@@ -147,7 +121,7 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
     trainer = Trainer(
         cfg,
         net,
-        lambda start: train_batches(train_ds, cfg, device, start),
+        lambda start: iter(build_cls_train_loader(cfg, start_iter=start, ds=train_ds)),
         step,
         evaluate,
         run.out_dir,

@@ -21,20 +21,22 @@ from detres.config import Config
 from detres.data.det_loader import build_det_sources, build_det_test_loader, build_det_train_loader
 from detres.data.det_source import DetSource, concat_sources
 from detres.engine.checkpoint import unwrap
-from detres.engine.distributed import get_world_size, is_main_process
 from detres.engine.launch import Run
-from detres.engine.logging import LOG, plot_curves
-from detres.engine.trainer import Trainer, autocast_context
-from detres.evaluation import COCOEvaluator, DetectionEvaluator, VOCEvaluator, write_metrics
-from detres.modeling import build_detector
-from detres.modeling.faster_rcnn import FasterRCNN
+from detres.engine.trainer import Trainer
+from detres.evaluation import EVALUATORS, DetectionEvaluator, write_metrics
+from detres.modeling import FasterRCNN, build_detector, load_pretrained
+from detres.preprocess import boxes_to_original
+from detres.utils.device import autocast_context
+from detres.utils.dist import get_world_size, is_main_process
+from detres.utils.logging import LOG, plot_curves
 
 
 def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None) -> DetectionEvaluator:
-    """The official scorer for a data set: pycocotools for COCO, the devkit rules for VOC."""
+    """The official scorer of a data set's format (``EVALUATORS``): pycocotools for COCO,
+    the devkit rules for VOC."""
     if src.format == "coco":
         results = out_dir / f"coco_results_{src.name}.json" if out_dir is not None else None
-        return COCOEvaluator(gt=src.coco, results_file=results)
+        return EVALUATORS.build("coco", gt=src.coco, results_file=results)
     if src.format == "voc":
         gt = {}
         for r in src.records:
@@ -43,8 +45,9 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None) -> Detec
             gt[r["image_id"]] = {"boxes": boxes.numpy(), "difficult": r["difficult"].numpy(),
                                  "labels": src.to_category_ids(r["classes"]).numpy()}
         year = int(src.year) if src.year.isdigit() else None
-        return VOCEvaluator(gt=gt, class_names=src.class_names, category_ids=src.category_ids,
-                            year=year, boxes_zero_based=True)
+        return EVALUATORS.build("voc", gt=gt, class_names=src.class_names,
+                                category_ids=src.category_ids, year=year,
+                                boxes_zero_based=True)
     raise ValueError(f"data set {src.name!r}: no evaluator for format {src.format!r}")
 
 
@@ -65,11 +68,7 @@ def run_detector(model: FasterRCNN, loader: DataLoader, src: DetSource,
             dets = model.inference(images, [t["image_size"] for t in targets])
             preds = []
             for d, t in zip(dets, targets, strict=True):
-                sx, sy = (float(v) for v in t["scale"])
-                h, w = t["orig_size"]
-                boxes = d["boxes"].float().cpu() / torch.tensor([sx, sy, sx, sy])
-                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+                boxes = boxes_to_original(d["boxes"].cpu(), t["image_size"], t["orig_size"])
                 preds.append({"image_id": t["image_id"], "boxes": boxes,
                               "scores": d["scores"].float().cpu(),
                               "labels": src.to_category_ids(d["labels"].cpu())})
@@ -93,7 +92,9 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     ``data.test[0]``."""
     if not cfg.model.weights:
         raise ValueError("evaluation needs weights: --weights CKPT (or model.weights=CKPT)")
-    model = build_detector(cfg).to(device).eval()
+    model = build_detector(cfg)
+    load_pretrained(model, cfg.model)  # strict: the whole detector
+    model = model.to(device).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     src = build_det_sources(cfg, train=False)[0]
@@ -118,6 +119,7 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
                  train_src.num_classes, train_src.name)
         cfg.model.num_classes = train_src.num_classes
     model = build_detector(cfg)
+    load_pretrained(model, cfg.model, finetune=True)
     model.set_classes(train_src.class_names, train_src.category_ids)
     model.to(device)
     if cfg.train.channels_last:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from detres.config import Config, load_config, save_config
-from detres.engine.distributed import get_rank, get_world_size, init_distributed, is_main_process
-from detres.engine.logging import LOG, setup_logging
-from detres.engine.trainer import resolve_device
+from detres.utils.device import resolve_device
+from detres.utils.dist import get_rank, get_world_size, init_distributed, is_main_process
+from detres.utils.logging import LOG, setup_logging
 
 
 def train_argparser(description: str, default_cfg: str) -> argparse.ArgumentParser:
@@ -56,12 +56,9 @@ def setup_run(args: argparse.Namespace) -> Run:
     """Load and save the config, start logging, seed, pick the device, join torchrun's group."""
     cfg = load_config(args.cfg, args.overrides)
     out_dir = Path(args.out_dir or Path("output") / Path(args.cfg).stem)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)  # CUDA: this process's local rank
     distributed = init_distributed(device.type)
     if device.type == "cuda":
-        from detres.engine.distributed import get_local_rank
-
-        device = torch.device("cuda", get_local_rank())
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     setup_logging(out_dir)
     if is_main_process():

@@ -9,20 +9,18 @@ checkpoint written by the trainer sets (``load_detector_weights``).
 from __future__ import annotations
 
 import colorsys
-import copy
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import torch
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
 from detres.config import Config
-from detres.data.det_transforms import load_image
-from detres.modeling.faster_rcnn import FasterRCNN, build_detector
+from detres.data.det_transforms import image_tensor, load_image
+from detres.modeling import FasterRCNN, build_detector, load_weights
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -48,10 +46,9 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def read_image(path: str | Path) -> Tensor:
-    """An image file as a float RGB ``(3, H, W)`` tensor in [0, 1] (cv2 decoding; a missing
-    or broken file is an error naming it)."""
-    rgb = load_image(path)
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    """An image file as a uint8 RGB ``(3, H, W)`` tensor, decoded as the loaders do (cv2; a
+    missing or broken file is an error naming it)."""
+    return image_tensor(load_image(path))
 
 
 def keep_scores(det: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor]:
@@ -125,8 +122,8 @@ def detection_record(file: str | Path, image: Tensor, det: dict[str, Tensor],
         "file": str(file),
         "height": int(image.shape[-2]),
         "width": int(image.shape[-1]),
-        "boxes": [[round(float(v), 2) for v in b] for b in det["boxes"].tolist()],
-        "scores": [round(float(s), 4) for s in det["scores"].tolist()],
+        "boxes": [[round(float(v), 4) for v in b] for b in det["boxes"].tolist()],
+        "scores": [round(float(s), 6) for s in det["scores"].tolist()],
         "labels": labels,
         "class_names": [names.get(c, str(c)) for c in labels],
     }
@@ -138,12 +135,11 @@ def output_name(file: Path) -> str:
 
 
 def build_predictor(cfg: Config, weights: str | Path, device: torch.device) -> FasterRCNN:
-    """The detector of ``cfg`` with all its weights from ``weights`` (the trunk's own
-    ``model.backbone.weights`` is not needed, so it is not read); ``cfg`` is left as it is."""
-    cfg = copy.deepcopy(cfg)
-    cfg.model.weights = str(weights)
-    cfg.model.backbone.weights = ""
-    model = build_detector(cfg).to(device).eval()
+    """The detector of ``cfg`` with all its weights (strictly) and class names from
+    ``weights``."""
+    model = build_detector(cfg)
+    load_weights(model, weights, policy="strict")
+    model = model.to(device).eval()
     if cfg.train.channels_last:  # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,11 @@ from tqdm import tqdm
 
 from detres.config import Config, to_dict
 from detres.engine import checkpoint as ckpt
-from detres.engine.distributed import is_dist, is_main_process, reduce_mean
-from detres.engine.logging import LOG, JSONLWriter
 from detres.engine.schedule import LRSchedule, build_optimizer
+from detres.utils.device import autocast_context
+from detres.utils.dist import broadcast_object, is_dist, is_main_process, reduce_mean
+from detres.utils.io import rng_state, set_rng_state
+from detres.utils.logging import LOG, JSONLWriter
 
 StepFn = Callable[[nn.Module, Any], dict[str, Tensor]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
@@ -32,24 +33,6 @@ EvalFn = Callable[[nn.Module], dict[str, float]]
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss becomes NaN or infinite; no checkpoint is written after it."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, amp: str) -> Any:
-    """bf16 autocast on CPU or GPU, fp16 on GPU; nothing for ``none``."""
-    if amp == "none":
-        return nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("train.amp=fp16 needs a GPU; use bf16 on CPU")
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -139,11 +122,12 @@ class Trainer:
         # Evaluation must not shift the training random stream (e.g. a DataLoader draws its
         # base seed from the global RNG): otherwise eval_period would change the training,
         # and a finished run extended with --resume would not match an uninterrupted one.
-        rng = ckpt.rng_state()
+        rng = rng_state()
         try:
-            metrics = self.eval_fn(self.model)
+            # scored on rank 0; every rank gets the numbers (a plateau schedule reads them)
+            metrics = broadcast_object(self.eval_fn(self.model))
         finally:
-            ckpt.set_rng_state(rng)
+            set_rng_state(rng)
         if metrics:
             rec = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
             self.writer.write(

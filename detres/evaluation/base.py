@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detres.engine.distributed import all_gather_object, is_main_process
+from detres.utils.dist import all_gather_object, is_main_process
 
 logger = logging.getLogger(__name__)
 

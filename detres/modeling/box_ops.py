@@ -8,6 +8,7 @@ common count or carried as an image index per box.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import boxes as box_ops
 
@@ -92,3 +93,11 @@ def split_by_image(values: Tensor, image_index: Tensor, num_images: int) -> list
     """Split ``values`` (already grouped by ascending image index) into one tensor per image."""
     counts = torch.bincount(image_index, minlength=num_images).tolist()
     return list(values.split(counts, dim=0))
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """Summed smooth-L1 (``beta > 0``) or L1 (``beta == 0``, Detectron2's default) of box
+    deltas; the RPN and the ROI heads both use it."""
+    if beta > 0:
+        return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+    return F.l1_loss(pred, target, reduction="sum")

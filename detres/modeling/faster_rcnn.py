@@ -6,26 +6,29 @@
 * ``faster_rcnn_fpn``: ResNet + FPN, five anchor levels, multi-level RoIAlign 7x7 (the rules
   of ``MultiScaleRoIAlign``), two 1024-d fc layers: torchvision's ``fasterrcnn_resnet50_fpn``.
 
-The module tree is ``backbone`` (the plain ResNet / VGG, so ImageNet weights and
-``pretrain_cls.py`` checkpoints load with no renaming, res5 and fc6/fc7 included), ``neck``
-(FPN or None), ``rpn`` and ``roi_heads``. Explicit methods: ``losses(images, targets)``
-(also ``forward``, for DDP), ``inference(images, image_sizes)`` on a loader batch and
-``predict(list of images)`` on raw images.
+The module tree is ``backbone`` (the ResNet / VGG trunk with torchvision's names), ``neck``
+(FPN or None), ``rpn`` and ``roi_heads``; C4's res5 and VGG's fc6/fc7 run per RoI and live
+in ``roi_heads.box_head``, as in Detectron2. ``trunk_keys`` records where each parameter of
+the full classification network went, so ImageNet weights and ``pretrain_cls.py``
+checkpoints load with no renaming by the user (``detres.modeling.weights``). Builders build;
+weights are loaded by ``detres.modeling.weights.load_pretrained``.
+
+Explicit methods: ``losses(images, targets)`` (also ``forward``, for DDP), ``inference(images,
+image_sizes)`` on a loader batch and ``predict(list of images)`` on raw images; both run the
+one preprocessing path of :mod:`detres.preprocess`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detres.config import Config, ConfigError
+from detres.config import Config, ConfigError, ModelCfg
 from detres.modeling.anchors import AnchorGenerator
-from detres.modeling.backbones.base import Backbone
+from detres.modeling.backbones import Backbone, ShapeSpec, build_backbone
 from detres.modeling.backbones.fpn import FPN
 from detres.modeling.roi_heads import (
     FastRCNNPredictor,
@@ -37,6 +40,7 @@ from detres.modeling.roi_heads import (
     VGGFCHead,
 )
 from detres.modeling.rpn import RPN
+from detres.preprocess import boxes_to_original, pad_batch, resize_for_model
 
 ARCHS = ("faster_rcnn_c4", "faster_rcnn_vgg", "faster_rcnn_fpn")
 
@@ -62,6 +66,9 @@ class FasterRCNN(nn.Module):
         min_size_test: int = 800,
         max_size_test: int = 1333,
         size_divisibility: int = 32,
+        resize_rule: str = "torchvision",
+        trunk_keys: dict[str, str] | None = None,
+        trunk_head: str = "fc",
     ) -> None:
         super().__init__()
         self.backbone, self.neck, self.rpn, self.roi_heads = backbone, neck, rpn, roi_heads
@@ -71,6 +78,11 @@ class FasterRCNN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
         self.min_size_test, self.max_size_test = min_size_test, max_size_test
         self.size_divisibility = size_divisibility
+        self.resize_rule = resize_rule
+        #: classification-network key -> this model's key, for every trunk parameter/buffer
+        self.trunk_keys = dict(trunk_keys or {})
+        #: the classification head's name in a classifier's state dict (not in a detector)
+        self.trunk_head = trunk_head
         self.class_names: list[str] = [f"class_{i}" for i in range(1, num_classes + 1)]
         self.category_ids: list[int] = list(range(1, num_classes + 1))
 
@@ -143,6 +155,13 @@ class FasterRCNN(nn.Module):
         return self.losses(images, targets)
 
     @property
+    def channels_last(self) -> bool:
+        """Whether the trunk's weights are channels-last (then so is its input)."""
+        w = next(self.backbone.parameters())
+        return w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) \
+            and not w.is_contiguous()
+
+    @property
     def rpn_features(self) -> list[str]:
         if self.neck is not None:
             return list(self.neck.output_shape())  # type: ignore[operator]
@@ -153,6 +172,8 @@ class FasterRCNN(nn.Module):
         modes = [(m, m.training) for m in self.modules()]  # eval mode, then restore each
         self.eval()
         try:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             feats = self.features(x)
             out = self.rpn([feats[k] for k in self.rpn_features], tuple(x.shape[-2:]))
             proposals = self.rpn.proposals(out, sizes, training=False)
@@ -169,50 +190,36 @@ class FasterRCNN(nn.Module):
         sizes = _sizes(image_sizes)
         return self._detect(self.normalize(images, sizes), sizes)
 
+    def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Raw images -> the padded batch and the resized sizes (:mod:`detres.preprocess`:
+        the loaders' resize rule, then zero padding to ``size_divisibility``)."""
+        resized = []
+        for i, img in enumerate(images):
+            if img.dim() != 3 or img.shape[0] != 3 or not (
+                img.is_floating_point() or img.dtype == torch.uint8
+            ):
+                raise ValueError(
+                    f"images[{i}] must be an RGB (3, H, W) tensor, uint8 or float in [0, 1], "
+                    f"got {img.dtype} {tuple(img.shape)}"
+                )
+            resized.append(resize_for_model(img.to(self.pixel_mean.device),
+                                            short=self.min_size_test,
+                                            max_size=self.max_size_test, rule=self.resize_rule))
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in resized]
+        return pad_batch(resized, self.size_divisibility), sizes
+
     @torch.no_grad()
     def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        """Detections on raw images: a list of RGB float ``(3, H, W)`` in [0, 1], any sizes.
-
-        Like torchvision's ``GeneralizedRCNNTransform``: normalize, bilinear resize (shorter
-        side to ``min_size_test``, longer at most ``max_size_test``), zero-pad to a multiple
-        of ``size_divisibility``. Boxes come back in input-image pixels, labels as dataset
-        category ids (``self.category_ids``).
-        """
+        """Detections on raw images: a list of RGB ``(3, H, W)`` tensors (uint8, or float in
+        [0, 1]) of any sizes, resized and padded as the test loader does. Boxes come back in
+        input-image pixels, labels as dataset category ids (``self.category_ids``)."""
         if len(images) == 0:
             return []
-        resized, orig, sizes = [], [], []
-        for i, img in enumerate(images):
-            if img.dim() != 3 or img.shape[0] != 3 or not img.is_floating_point():
-                raise ValueError(
-                    f"images[{i}] must be a float RGB (3, H, W) tensor in [0, 1], got "
-                    f"{img.dtype} {tuple(img.shape)}"
-                )
-            h, w = img.shape[-2:]
-            scale = min(self.min_size_test / min(h, w), self.max_size_test / max(h, w))
-            x = (img.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
-            x = F.interpolate(
-                x[None],
-                scale_factor=scale,
-                mode="bilinear",
-                recompute_scale_factor=True,
-                align_corners=False,
-            )[0]
-            resized.append(x)
-            orig.append((h, w))
-            sizes.append((x.shape[-2], x.shape[-1]))
-        d = self.size_divisibility
-        ph = -(-max(s[0] for s in sizes) // d) * d
-        pw = -(-max(s[1] for s in sizes) // d) * d
-        batch = resized[0].new_zeros((len(resized), 3, ph, pw))
-        for i, x in enumerate(resized):
-            batch[i, :, : x.shape[-2], : x.shape[-1]].copy_(x)
-        dets = self._detect(batch, sizes)
+        batch, sizes = self.preprocess(images)
+        dets = self.inference(batch, sizes)
         ids = torch.tensor(self.category_ids, device=batch.device)
-        for det, (h, w), (rh, rw) in zip(dets, orig, sizes, strict=True):
-            ratio = torch.tensor([w, h, w, h], dtype=torch.float32) / torch.tensor(
-                [rw, rh, rw, rh], dtype=torch.float32
-            )  # torchvision's resize_boxes arithmetic
-            det["boxes"] = det["boxes"] * ratio.to(batch.device)
+        for det, img, size in zip(dets, images, sizes, strict=True):
+            det["boxes"] = boxes_to_original(det["boxes"], size, tuple(img.shape[-2:]))
             det["labels"] = ids[det["labels"] - 1]
         return dets
 
@@ -220,162 +227,136 @@ class FasterRCNN(nn.Module):
 # ---------------------------------------------------------------------------- build
 
 
-def build_detector(cfg: Config) -> FasterRCNN:
-    """The detector of ``cfg.model`` (arch, backbone, anchors, rpn, roi_heads, fpn, input);
-    the trunk loads ``model.backbone.weights`` and the whole model ``model.weights``."""
-    from detres.modeling import build_backbone  # late import: the package imports us
+def _need(m: ModelCfg, shapes: dict[str, ShapeSpec], *stages: str) -> None:
+    missing = [s for s in stages if s not in shapes]
+    if missing:
+        raise ConfigError(
+            f"key 'model.backbone.name': {m.backbone.name!r} has no stage(s) {missing} "
+            f"needed by {m.arch} (stages: {list(shapes)})"
+        )
 
+
+# A family builder returns the pieces of its detector: ``neck``, the backbone ``features``
+# it reads, ``rpn_channels``, ``pooler``, ``box_head`` and the box head's output ``head_dim``.
+
+
+def _c4(m: ModelCfg, backbone: Backbone) -> dict[str, Any]:
+    """The paper's C4: RPN and 14x14 pooling on res4; res5 (split off the trunk) per RoI."""
+    shapes = backbone.output_shape()
+    _need(m, shapes, "res4", "res5")
+    pooler = SingleLevelPooler(feature="res4", kind=m.roi_heads.pooler,
+                               output_size=m.roi_heads.pooler_resolution,
+                               stride=shapes["res4"].stride,
+                               sampling_ratio=m.roi_heads.sampling_ratio)
+    return {"neck": None, "features": ["res4"], "rpn_channels": shapes["res4"].channels,
+            "pooler": pooler, "box_head": Res5Head(backbone.split_last_stage()),
+            "head_dim": shapes["res5"].channels}
+
+
+def _vgg(m: ModelCfg, backbone: Backbone) -> dict[str, Any]:
+    """VGG-16: RPN and 7x7 pooling on conv5_3; fc6/fc7 (split off the classifier) per RoI."""
+    shapes = backbone.output_shape()
+    _need(m, shapes, "conv5_3")
+    if not hasattr(backbone, "split_fc_head"):
+        raise ConfigError(f"key 'model.backbone.name': {m.backbone.name!r} has no fc6/fc7 head")
+    if m.roi_heads.pooler_resolution != 7:
+        raise ConfigError("key 'model.roi_heads.pooler_resolution': VGG-16's fc6 takes 7x7 "
+                          f"RoIs, got {m.roi_heads.pooler_resolution}")
+    pooler = SingleLevelPooler(feature="conv5_3", kind=m.roi_heads.pooler, output_size=7,
+                               stride=shapes["conv5_3"].stride,
+                               sampling_ratio=m.roi_heads.sampling_ratio)
+    return {"neck": None, "features": ["conv5_3"], "rpn_channels": shapes["conv5_3"].channels,
+            "pooler": pooler, "box_head": VGGFCHead(backbone.split_fc_head()),  # type: ignore[operator]
+            "head_dim": int(backbone.num_features)}
+
+
+def _fpn(m: ModelCfg, backbone: Backbone) -> dict[str, Any]:
+    """ResNet + FPN: five RPN levels, multi-level RoIAlign on p2..p5, two fc layers."""
+    shapes = backbone.output_shape()
+    _need(m, shapes, *m.fpn.in_features)
+    if m.roi_heads.pooler != "ROIAlign":
+        raise ConfigError(
+            f"key 'model.roi_heads.pooler': FPN pools with ROIAlign, got {m.roi_heads.pooler!r}"
+        )
+    feats = list(m.fpn.in_features)
+    neck = FPN(input_shapes={k: shapes[k] for k in feats}, out_channels=m.fpn.out_channels)
+    levels = list(neck.output_shape().items())[: len(feats)]  # p2..p5 (p6 is RPN-only)
+    pooler = MultiLevelPooler(features=[name for name, _ in levels],
+                              strides=[shape.stride for _, shape in levels],
+                              output_size=m.roi_heads.pooler_resolution,
+                              sampling_ratio=m.roi_heads.sampling_ratio)
+    box_head = TwoMLPHead(in_features=m.fpn.out_channels * m.roi_heads.pooler_resolution**2,
+                          fc_dim=m.roi_heads.fc_dim)
+    return {"neck": neck, "features": feats, "rpn_channels": m.fpn.out_channels,
+            "pooler": pooler, "box_head": box_head, "head_dim": m.roi_heads.fc_dim}
+
+
+FAMILIES: dict[str, Callable[[ModelCfg, Backbone], dict[str, Any]]] = {
+    "faster_rcnn_c4": _c4, "faster_rcnn_vgg": _vgg, "faster_rcnn_fpn": _fpn,
+}
+ARCHS = tuple(FAMILIES)
+
+
+def build_rpn(m: ModelCfg, in_channels: int) -> RPN:
+    r = m.rpn
+    return RPN(in_channels=in_channels,
+               anchor_generator=AnchorGenerator(sizes=m.anchors.sizes,
+                                                aspect_ratios=m.anchors.aspect_ratios),
+               pre_nms_topk_train=r.pre_nms_topk_train, post_nms_topk_train=r.post_nms_topk_train,
+               pre_nms_topk_test=r.pre_nms_topk_test, post_nms_topk_test=r.post_nms_topk_test,
+               nms_thresh=r.nms_thresh, min_box_size=r.min_box_size,
+               batch_size_per_image=r.batch_size_per_image,
+               positive_fraction=r.positive_fraction, fg_iou_thresh=r.fg_iou_thresh,
+               bg_iou_thresh=r.bg_iou_thresh, bbox_reg_weights=r.bbox_reg_weights,
+               smooth_l1_beta=r.smooth_l1_beta, loss_weight=r.loss_weight)
+
+
+def build_roi_heads(m: ModelCfg, pooler: nn.Module, box_head: nn.Module,
+                    head_dim: int) -> ROIHeads:
+    rh = m.roi_heads
+    return ROIHeads(pooler=pooler, box_head=box_head,
+                    box_predictor=FastRCNNPredictor(in_features=head_dim,
+                                                    num_classes=m.num_classes),
+                    num_classes=m.num_classes, batch_size_per_image=rh.batch_size_per_image,
+                    positive_fraction=rh.positive_fraction, fg_iou_thresh=rh.fg_iou_thresh,
+                    bg_iou_thresh=rh.bg_iou_thresh, bg_iou_thresh_lo=rh.bg_iou_thresh_lo,
+                    bbox_reg_weights=rh.bbox_reg_weights, smooth_l1_beta=rh.smooth_l1_beta,
+                    score_thresh_test=rh.score_thresh_test, nms_thresh_test=rh.nms_thresh_test,
+                    detections_per_image=rh.detections_per_image)
+
+
+def build_detector(cfg: Config) -> FasterRCNN:
+    """The detector of ``cfg.model`` (arch, backbone, anchors, rpn, roi_heads, fpn, input),
+    randomly initialized; :func:`detres.modeling.weights.load_pretrained` loads weights."""
     m = cfg.model
-    if m.arch not in ARCHS:
+    if m.arch not in FAMILIES:
         raise ConfigError(f"key 'model.arch': {m.arch!r} is not a detector, one of {list(ARCHS)}")
     if m.num_classes < 1:
         raise ConfigError(
             f"key 'model.num_classes': must be >= 1 (foreground classes), got {m.num_classes}"
         )
-    rh = m.roi_heads
     backbone = build_backbone(m.backbone, num_classes=0)
-    shapes = backbone.output_shape()
-    neck: nn.Module | None = None
-
-    def need(*stages: str) -> None:
-        missing = [s for s in stages if s not in shapes]
-        if missing:
-            raise ConfigError(
-                f"key 'model.backbone.name': {m.backbone.name!r} has no stage(s) {missing} "
-                f"needed by {m.arch} (stages: {list(shapes)})"
-            )
-
-    if m.arch == "faster_rcnn_c4":
-        need("res4", "res5")
-        feats, in_ch = ["res4"], shapes["res4"].channels
-        pooler: nn.Module = SingleLevelPooler(
-            feature="res4",
-            kind=rh.pooler,
-            output_size=rh.pooler_resolution,
-            stride=shapes["res4"].stride,
-            sampling_ratio=rh.sampling_ratio,
-        )
-        box_head: nn.Module = Res5Head(backbone.stage_modules()["res5"])
-        head_dim = shapes["res5"].channels
-    elif m.arch == "faster_rcnn_vgg":
-        need("conv5_3")
-        if not hasattr(backbone, "fc_head"):
-            raise ConfigError(f"key 'model.backbone.name': {m.backbone.name!r} has no fc6/fc7 head")
-        if rh.pooler_resolution != 7:
-            raise ConfigError(
-                "key 'model.roi_heads.pooler_resolution': VGG-16's fc6 takes 7x7 RoIs, "
-                f"got {rh.pooler_resolution}"
-            )
-        feats, in_ch = ["conv5_3"], shapes["conv5_3"].channels
-        pooler = SingleLevelPooler(
-            feature="conv5_3",
-            kind=rh.pooler,
-            output_size=7,
-            stride=shapes["conv5_3"].stride,
-            sampling_ratio=rh.sampling_ratio,
-        )
-        box_head = VGGFCHead(backbone.fc_head())  # type: ignore[operator]
-        head_dim = int(backbone.num_features)  # type: ignore[arg-type]
-    else:
-        need(*m.fpn.in_features)
-        if rh.pooler != "ROIAlign":
-            raise ConfigError(
-                f"key 'model.roi_heads.pooler': FPN pools with ROIAlign, got {rh.pooler!r}"
-            )
-        feats = list(m.fpn.in_features)
-        neck = FPN(input_shapes={k: shapes[k] for k in feats}, out_channels=m.fpn.out_channels)
-        in_ch = m.fpn.out_channels
-        levels = list(neck.output_shape().items())[: len(feats)]  # p2..p5 (p6 is RPN-only)
-        pooler = MultiLevelPooler(
-            features=[name for name, _ in levels],
-            strides=[shape.stride for _, shape in levels],
-            output_size=rh.pooler_resolution,
-            sampling_ratio=rh.sampling_ratio,
-        )
-        box_head = TwoMLPHead(in_features=in_ch * rh.pooler_resolution**2, fc_dim=rh.fc_dim)
-        head_dim = rh.fc_dim
-
+    # where each tensor of the whole classification network lives before the family takes
+    # its share (res5, fc6/fc7): the weight loader's classifier -> detector key table
+    whole = {id(t): k for k, t in backbone.state_dict(keep_vars=True).items()}
+    trunk_head = backbone.head_name
+    p = FAMILIES[m.arch](m, backbone)
+    neck = p["neck"]
     num_levels = len(neck.output_shape()) if isinstance(neck, FPN) else 1
     if len(m.anchors.sizes) != num_levels:
         raise ConfigError(
             f"key 'model.anchors.sizes': {m.arch} has {num_levels} RPN level(s) but "
             f"{len(m.anchors.sizes)} size list(s) were given: {m.anchors.sizes}"
         )
-    r = m.rpn
-    rpn = RPN(
-        in_channels=in_ch,
-        anchor_generator=AnchorGenerator(
-            sizes=m.anchors.sizes, aspect_ratios=m.anchors.aspect_ratios
-        ),
-        pre_nms_topk_train=r.pre_nms_topk_train,
-        post_nms_topk_train=r.post_nms_topk_train,
-        pre_nms_topk_test=r.pre_nms_topk_test,
-        post_nms_topk_test=r.post_nms_topk_test,
-        nms_thresh=r.nms_thresh,
-        min_box_size=r.min_box_size,
-        batch_size_per_image=r.batch_size_per_image,
-        positive_fraction=r.positive_fraction,
-        fg_iou_thresh=r.fg_iou_thresh,
-        bg_iou_thresh=r.bg_iou_thresh,
-        bbox_reg_weights=r.bbox_reg_weights,
-        smooth_l1_beta=r.smooth_l1_beta,
-        loss_weight=r.loss_weight,
-    )
-    roi_heads = ROIHeads(
-        pooler=pooler,
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(in_features=head_dim, num_classes=m.num_classes),
-        num_classes=m.num_classes,
-        batch_size_per_image=rh.batch_size_per_image,
-        positive_fraction=rh.positive_fraction,
-        fg_iou_thresh=rh.fg_iou_thresh,
-        bg_iou_thresh=rh.bg_iou_thresh,
-        bg_iou_thresh_lo=rh.bg_iou_thresh_lo,
-        bbox_reg_weights=rh.bbox_reg_weights,
-        smooth_l1_beta=rh.smooth_l1_beta,
-        score_thresh_test=rh.score_thresh_test,
-        nms_thresh_test=rh.nms_thresh_test,
-        detections_per_image=rh.detections_per_image,
-    )
     i = m.input
     model = FasterRCNN(
-        backbone=backbone,
-        neck=neck,
-        backbone_features=feats,
-        rpn=rpn,
-        roi_heads=roi_heads,
-        num_classes=m.num_classes,
-        pixel_mean=i.pixel_mean,
-        pixel_std=i.pixel_std,
-        min_size_test=i.min_size_test,
-        max_size_test=i.max_size_test,
-        size_divisibility=i.size_divisibility,
+        backbone=backbone, neck=neck, backbone_features=p["features"],
+        rpn=build_rpn(m, p["rpn_channels"]),
+        roi_heads=build_roi_heads(m, p["pooler"], p["box_head"], p["head_dim"]),
+        num_classes=m.num_classes, pixel_mean=i.pixel_mean, pixel_std=i.pixel_std,
+        min_size_test=i.min_size_test, max_size_test=i.max_size_test,
+        size_divisibility=i.size_divisibility, resize_rule=i.resize_rule, trunk_head=trunk_head,
     )
-    if m.weights:
-        load_detector_weights(model, m.weights)
+    model.trunk_keys = {whole[id(t)]: k for k, t in model.state_dict(keep_vars=True).items()
+                        if id(t) in whole}
     return model
-
-
-def load_detector_weights(model: FasterRCNN, path: str | Path) -> dict[str, Any]:
-    """Load a detres detector checkpoint (``{"model": state_dict, "class_names": ...,
-    "category_ids": ...}``, a Trainer checkpoint with those two under ``"meta"``, or a bare
-    state dict) strictly; returns the checkpoint dict."""
-    from detres.engine.checkpoint import load_file  # late: the engine imports modeling
-
-    ckpt = load_file(path)  # weights_only=True; errors name the file
-    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"detector weights {str(path)!r} do not fit the model: {e}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"detector weights {str(path)!r} do not fit the model: missing "
-            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
-    for holder in (ckpt, ckpt.get("meta")):  # converter files: top level; Trainer: "meta"
-        if isinstance(holder, dict) and "class_names" in holder and "category_ids" in holder:
-            model.set_classes(holder["class_names"], holder["category_ids"])
-            break
-    return ckpt

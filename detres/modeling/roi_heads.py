@@ -7,9 +7,11 @@ background inside the heads), M GT boxes per image (padded to the batch maximum)
 Box heads (one per detector family):
 
 * :class:`Res5Head` (C4, the paper): res5 of the ResNet run on each 14x14 RoI (first block
-  stride 2 -> 7x7), then global average pooling. res5 is the backbone's own ``layer4``,
-  referenced but not registered here, so the state dict holds it once, as ``backbone.layer4``.
-* :class:`VGGFCHead`: fc6/fc7 of VGG-16 on 7x7 RoIs, likewise the backbone's own layers.
+  stride 2 -> 7x7), then global average pooling. res5 is the ResNet's ``layer4``, taken out
+  of the trunk (``Backbone.split_last_stage``) and owned here, as in Detectron2: the state
+  dict holds it as ``roi_heads.box_head.res5.*`` and a classifier's ``layer4.*`` maps there.
+* :class:`VGGFCHead`: fc6/fc7 of VGG-16 on 7x7 RoIs (``roi_heads.box_head.fc.{0,3}``), taken
+  from the VGG classifier likewise.
 * :class:`TwoMLPHead` (FPN): two 1024-d fc layers, torchvision's ``TwoMLPHead``.
 
 The predictor gives ``K + 1`` class logits and class-specific deltas for the K foreground
@@ -30,6 +32,7 @@ from torchvision.ops import roi_pool
 from detres.modeling.box_coder import BoxCoder
 from detres.modeling.box_ops import (
     batched_nms,
+    box_regression_loss,
     clip_boxes,
     image_sizes_tensor,
     keep_topk_per_image,
@@ -38,7 +41,6 @@ from detres.modeling.box_ops import (
 )
 from detres.modeling.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, match_boxes
 from detres.modeling.roi_align import multilevel_roi_align, roi_align
-from detres.modeling.rpn import box_regression_loss
 from detres.modeling.sampler import BalancedSampler
 
 
@@ -120,7 +122,7 @@ class Res5Head(nn.Module):
 
     def __init__(self, res5: nn.Module) -> None:
         super().__init__()
-        self.__dict__["res5"] = res5  # a reference: its parameters belong to the backbone
+        self.res5 = res5
 
     def forward(self, x: Tensor) -> Tensor:
         return self.res5(x).mean(dim=(2, 3))  # (R, C5, 7, 7) -> (R, C5)
@@ -131,7 +133,7 @@ class VGGFCHead(nn.Module):
 
     def __init__(self, fc: nn.Module) -> None:
         super().__init__()
-        self.__dict__["fc"] = fc  # a reference to the backbone's classifier layers
+        self.fc = fc
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(x.flatten(1))  # (R, 512, 7, 7) -> (R, 25088) -> (R, 4096)

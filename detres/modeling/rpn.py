@@ -22,6 +22,7 @@ from detres.modeling.anchors import AnchorGenerator
 from detres.modeling.box_coder import BoxCoder
 from detres.modeling.box_ops import (
     batched_nms,
+    box_regression_loss,
     clip_boxes,
     image_sizes_tensor,
     keep_topk_per_image,
@@ -30,13 +31,6 @@ from detres.modeling.box_ops import (
 )
 from detres.modeling.matcher import BETWEEN_THRESHOLDS, Matcher, match_boxes
 from detres.modeling.sampler import BalancedSampler
-
-
-def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
-    """Summed smooth-L1 (``beta > 0``) or L1 (``beta == 0``, Detectron2's default)."""
-    if beta > 0:
-        return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
-    return F.l1_loss(pred, target, reduction="sum")
 
 
 class RPNHead(nn.Module):

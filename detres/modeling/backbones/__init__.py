@@ -8,49 +8,111 @@ logits):
   ``vgg16`` (input 224, 1000 classes, base width 64);
 * CIFAR (Table 6 of the paper): ``resnet20/32/44/56/110/1202`` (option A shortcuts),
   ``plain20/32/44/56/110``, ``preact_resnet110/164`` (input 32, 10 classes, base width 16).
+
+Every residual net is one row of :data:`RESNET_TABLE`; its builder takes the row's options
+as keyword arguments (``builder_options(name)`` lists them with their defaults).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from detres.modeling.backbones import cifar_resnet, preact_resnet, resnet, vgg
+from torch import nn
+
+from detres.config import BackboneCfg
+from detres.modeling.backbones import vgg
 from detres.modeling.backbones.base import Backbone, ShapeSpec, convert_frozen_batchnorm
+from detres.modeling.backbones.preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
+from detres.modeling.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from detres.registry import Registry
 
 BACKBONES = Registry("backbone")
 
-# ImageNet ResNets (He et al. 2015, Table 1) and their plain counterparts.
-BACKBONES.add("resnet18", resnet.resnet18)
-BACKBONES.add("resnet34", resnet.resnet34)
-BACKBONES.add("resnet50", resnet.resnet50)
-BACKBONES.add("resnet101", resnet.resnet101)
-BACKBONES.add("resnet152", resnet.resnet152)
-BACKBONES.add("plain18", resnet.plain18)
-BACKBONES.add("plain34", resnet.plain34)
-# CIFAR nets of 6n+2 layers (Sec. 4.2, Table 6).
-BACKBONES.add("resnet20", cifar_resnet.resnet20)
-BACKBONES.add("resnet32", cifar_resnet.resnet32)
-BACKBONES.add("resnet44", cifar_resnet.resnet44)
-BACKBONES.add("resnet56", cifar_resnet.resnet56)
-BACKBONES.add("resnet110", cifar_resnet.resnet110)
-BACKBONES.add("resnet1202", cifar_resnet.resnet1202)
-BACKBONES.add("plain20", cifar_resnet.plain20)
-BACKBONES.add("plain32", cifar_resnet.plain32)
-BACKBONES.add("plain44", cifar_resnet.plain44)
-BACKBONES.add("plain56", cifar_resnet.plain56)
-BACKBONES.add("plain110", cifar_resnet.plain110)
-# Pre-activation ResNets (He et al. 2016, "Identity Mappings").
-BACKBONES.add("preact_resnet18", preact_resnet.preact_resnet18)
-BACKBONES.add("preact_resnet34", preact_resnet.preact_resnet34)
-BACKBONES.add("preact_resnet50", preact_resnet.preact_resnet50)
-BACKBONES.add("preact_resnet101", preact_resnet.preact_resnet101)
-BACKBONES.add("preact_resnet152", preact_resnet.preact_resnet152)
-BACKBONES.add("preact_resnet110", preact_resnet.preact_resnet110)
-BACKBONES.add("preact_resnet164", preact_resnet.preact_resnet164)
-# VGG-16 (the paper's detection baseline).
-BACKBONES.add("vgg16", vgg.vgg16)
+
+class ResNetSpec(NamedTuple):
+    """One registered residual (or plain) network."""
+
+    net: type[nn.Module]  # ResNet or PreActResNet
+    block: type[nn.Module]
+    layers: list[int]  # blocks per stage
+    stem: str  # "imagenet" | "cifar"
+    options: dict[str, Any]  # the builder's keyword options and their defaults
+    doc: str
+
+
+def _options(stem: str, kind: str) -> dict[str, Any]:
+    """Builder options: ``kind`` is "resnet", "plain" (no shortcuts) or "preact"."""
+    cifar = stem == "cifar"
+    opts: dict[str, Any] = {"num_classes": 10 if cifar else 1000}
+    if kind != "plain":
+        opts["stride_in_1x1"] = True  # bottlenecks only; basic blocks accept and ignore it
+        opts["shortcut"] = "A" if cifar and kind == "resnet" else "B"
+    if kind == "resnet":
+        opts["zero_init_residual"] = False
+    opts["width_per_group"] = 16 if cifar else 64
+    opts["norm"] = "BN"
+    return opts
+
+
+def _row(net: type[nn.Module], block: type[nn.Module], layers: list[int], stem: str,
+         kind: str) -> ResNetSpec:
+    depth = sum(layers) * (3 if block in (Bottleneck, PreActBottleneck) else 2) + 2
+    what = {"resnet": "ResNet", "plain": "Plain", "preact": "Pre-activation ResNet"}[kind]
+    doc = f"{what}-{depth} ({'CIFAR' if stem == 'cifar' else 'ImageNet'}, stages {layers})"
+    return ResNetSpec(net, block, layers, stem, _options(stem, kind), doc)
+
+
+# He et al. 2015 Table 1 (ImageNet) and Table 6 (CIFAR, 6n+2); He et al. 2016 (pre-activation).
+RESNET_TABLE: dict[str, ResNetSpec] = {
+    "resnet18": _row(ResNet, BasicBlock, [2, 2, 2, 2], "imagenet", "resnet"),
+    "resnet34": _row(ResNet, BasicBlock, [3, 4, 6, 3], "imagenet", "resnet"),
+    "resnet50": _row(ResNet, Bottleneck, [3, 4, 6, 3], "imagenet", "resnet"),
+    "resnet101": _row(ResNet, Bottleneck, [3, 4, 23, 3], "imagenet", "resnet"),
+    "resnet152": _row(ResNet, Bottleneck, [3, 8, 36, 3], "imagenet", "resnet"),
+    "plain18": _row(ResNet, BasicBlock, [2, 2, 2, 2], "imagenet", "plain"),
+    "plain34": _row(ResNet, BasicBlock, [3, 4, 6, 3], "imagenet", "plain"),
+    **{f"resnet{6 * n + 2}": _row(ResNet, BasicBlock, [n] * 3, "cifar", "resnet")
+       for n in (3, 5, 7, 9, 18, 200)},
+    **{f"plain{6 * n + 2}": _row(ResNet, BasicBlock, [n] * 3, "cifar", "plain")
+       for n in (3, 5, 7, 9, 18)},
+    "preact_resnet18": _row(PreActResNet, PreActBasicBlock, [2, 2, 2, 2], "imagenet", "preact"),
+    "preact_resnet34": _row(PreActResNet, PreActBasicBlock, [3, 4, 6, 3], "imagenet", "preact"),
+    "preact_resnet50": _row(PreActResNet, PreActBottleneck, [3, 4, 6, 3], "imagenet", "preact"),
+    "preact_resnet101": _row(PreActResNet, PreActBottleneck, [3, 4, 23, 3], "imagenet",
+                             "preact"),
+    "preact_resnet152": _row(PreActResNet, PreActBottleneck, [3, 8, 36, 3], "imagenet",
+                             "preact"),
+    "preact_resnet110": _row(PreActResNet, PreActBasicBlock, [18] * 3, "cifar", "preact"),
+    "preact_resnet164": _row(PreActResNet, PreActBottleneck, [18] * 3, "cifar", "preact"),
+}
+
+
+def _resnet_builder(name: str, spec: ResNetSpec) -> Callable[..., Backbone]:
+    """A keyword-only builder for one table row (its signature lists the row's options)."""
+
+    def build(**options: Any) -> Backbone:
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise TypeError(f"backbone {name!r} takes no option(s) {unknown}; its options: "
+                            f"{sorted(spec.options)}")
+        kw = {**spec.options, **options}
+        if "shortcut" not in spec.options:
+            kw["shortcut"] = "none"
+        return spec.net(block=spec.block, layers=spec.layers, stem=spec.stem, **kw)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = spec.doc
+    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation=type(v))
+         for k, v in spec.options.items()], return_annotation=Backbone)
+    return build
+
+
+for _name, _spec in RESNET_TABLE.items():
+    BACKBONES.add(_name, _resnet_builder(_name, _spec))
+BACKBONES.add("vgg16", vgg.vgg16)  # the paper's detection baseline
 
 
 def builder_options(name: str) -> dict[str, Any]:
@@ -73,10 +135,33 @@ def build_by_name(name: str, **options: Any) -> Backbone:
     return model
 
 
+def build_backbone(c: BackboneCfg, num_classes: int = 0) -> Backbone:
+    """The backbone of a :class:`detres.config.BackboneCfg`, built (options left at ``None``
+    keep the registry entry's default) and its first ``freeze_at`` stages frozen (their BN
+    layers become FrozenBatchNorm2d). No weights are read: see
+    :func:`detres.modeling.weights.load_pretrained`."""
+    options: dict[str, Any] = {"num_classes": num_classes}
+    # Only options that differ from "keep the default" are passed, so a backbone without
+    # such a switch (e.g. VGG-16 has no shortcuts) is only an error when one is asked for.
+    for key in ("stride_in_1x1", "shortcut", "width_per_group"):
+        if getattr(c, key) is not None:
+            options[key] = getattr(c, key)
+    if c.zero_init_residual:
+        options["zero_init_residual"] = True
+    if c.norm != "BN":
+        options["norm"] = c.norm
+    model = build_by_name(c.name, **options)
+    if c.freeze_at:
+        model.freeze(c.freeze_at)
+    return model
+
+
 __all__ = [
     "BACKBONES",
+    "RESNET_TABLE",
     "Backbone",
     "ShapeSpec",
+    "build_backbone",
     "build_by_name",
     "builder_options",
     "convert_frozen_batchnorm",

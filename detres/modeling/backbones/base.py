@@ -11,6 +11,10 @@ weight files load with ``strict=True``) and which can return named intermediate 
 * ``output_shape()`` maps every stage name to its :class:`ShapeSpec` (channels, stride).
 * ``freeze(freeze_at)`` stops gradients for the stem (1) and the first stages (2 = stem +
   res2, ...), as when fine-tuning a pretrained trunk for detection.
+* ``split_last_stage()`` hands the last stage over to a detector's box head (Faster R-CNN
+  C4 runs res5 per RoI): it leaves the trunk, which then ends one stage earlier and has no
+  classification forward any more. The detector's weight loading maps a classifier's names
+  (``layer4.*``) to the stage's new place.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Backbone(nn.Module, ABC):
 
     #: Stage name -> channels and stride, in forward order (set by the constructor).
     _shapes: dict[str, ShapeSpec]
+    #: Set once a stage has been handed to a detector head (no classification forward then).
+    is_split: bool = False
 
     def forward_features(self, x: Tensor, out_features: list[str]) -> dict[str, Tensor]:
         """The requested stages, computing nothing past the last one."""
@@ -53,6 +59,27 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def stage_modules(self) -> dict[str, nn.Module]:
         """Stage name -> the module(s) computing it, in forward order (used by freeze)."""
+
+    def stage_attributes(self, name: str) -> list[str]:
+        """The attributes holding stage ``name``'s parameters (for :meth:`split_last_stage`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot split off its stages")
+
+    def split_last_stage(self) -> nn.Module:
+        """Remove the last stage from the trunk and return the module computing it."""
+        name = self.stage_names[-1]
+        module = self.stage_modules()[name]
+        for attr in self.stage_attributes(name):
+            delattr(self, attr)
+        self.stage_names = self.stage_names[:-1]
+        self._shapes = {k: v for k, v in self._shapes.items() if k != name}
+        self.is_split = True
+        return module
+
+    def check_whole(self) -> None:
+        """The classification forward needs every stage and the head."""
+        if self.is_split:
+            raise RuntimeError(f"this {type(self).__name__} gave part of itself to a detector "
+                               "head and has no classification forward")
 
     def freeze(self, freeze_at: int) -> None:
         """Freeze the first ``freeze_at`` stages (1: stem; 2: stem + res2; ...).

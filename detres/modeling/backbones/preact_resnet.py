@@ -17,7 +17,7 @@ final BN-ReLU, so it returns normalized features.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -170,6 +170,7 @@ class PreActResNet(Backbone):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             stride *= s
             self._shapes[f"res{i + 2}"] = ShapeSpec(inplanes, stride)
+        self.final_stage = self.stage_names[-1]  # the final BN-ReLU closes this stage
         self.bn_final = norm_layer(inplanes)
         self.num_features = inplanes
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -181,57 +182,19 @@ class PreActResNet(Backbone):
         if self.stem_type == "imagenet":  # conv1-BN-ReLU-maxpool
             stem += [self.bn1, self.relu, self.maxpool]
         stages: dict[str, nn.Module] = {"stem": nn.Sequential(*stem)}
-        last = len(self.stage_names) - 2
         for i, name in enumerate(self.stage_names[1:]):
             layer = getattr(self, f"layer{i + 1}")
-            stages[name] = nn.Sequential(layer, self.bn_final, self.relu) if i == last else layer
+            final = name == self.final_stage
+            stages[name] = nn.Sequential(layer, self.bn_final, self.relu) if final else layer
         return stages
 
+    def stage_attributes(self, name: str) -> list[str]:
+        layer = [f"layer{self.stage_names.index(name)}"]
+        return layer + ["bn_final"] if name == self.final_stage else layer
+
     def forward(self, x: Tensor) -> Tensor:
+        self.check_whole()
         for stage in self.stage_modules().values():
             x = stage(x)
         x = self.avgpool(x).flatten(1)
         return x if self.fc is None else self.fc(x)
-
-
-def _preact_builder(
-    name: str, block: type[PreActBasicBlock], layers: list[int], stem: str
-) -> Callable[..., PreActResNet]:
-    cifar = stem == "cifar"
-
-    def build(
-        *,
-        num_classes: int = 10 if cifar else 1000,
-        stride_in_1x1: bool = True,
-        shortcut: str = "B",
-        width_per_group: int = 16 if cifar else 64,
-        norm: str = "BN",
-    ) -> PreActResNet:
-        return PreActResNet(
-            block=block,
-            layers=layers,
-            num_classes=num_classes,
-            stem=stem,
-            width_per_group=width_per_group,
-            stride_in_1x1=stride_in_1x1,
-            shortcut=shortcut,
-            norm=norm,
-        )
-
-    per_block = 3 if block is PreActBottleneck else 2
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = (
-        f"Pre-activation ResNet-{sum(layers) * per_block + 2} ({'CIFAR' if cifar else 'ImageNet'}"
-        f", {block.__name__}, stages {layers})."
-    )
-    return build
-
-
-preact_resnet18 = _preact_builder("preact_resnet18", PreActBasicBlock, [2, 2, 2, 2], "imagenet")
-preact_resnet34 = _preact_builder("preact_resnet34", PreActBasicBlock, [3, 4, 6, 3], "imagenet")
-preact_resnet50 = _preact_builder("preact_resnet50", PreActBottleneck, [3, 4, 6, 3], "imagenet")
-preact_resnet101 = _preact_builder("preact_resnet101", PreActBottleneck, [3, 4, 23, 3], "imagenet")
-preact_resnet152 = _preact_builder("preact_resnet152", PreActBottleneck, [3, 8, 36, 3], "imagenet")
-# CIFAR: 6n+2 basic (ResNet-110: n=18) and 9n+2 bottleneck (ResNet-164: n=18) nets.
-preact_resnet110 = _preact_builder("preact_resnet110", PreActBasicBlock, [18, 18, 18], "cifar")
-preact_resnet164 = _preact_builder("preact_resnet164", PreActBottleneck, [18, 18, 18], "cifar")

@@ -16,7 +16,8 @@ Variants, all from one :class:`ResNet` class:
   torchvision, where it only sets the bottleneck's inner width, it scales the whole network
   (stem and every stage), so that tests can run tiny versions of every model.
 
-The registered builders are in this module (ImageNet) and in ``cifar_resnet.py``.
+The registered names (``resnet18`` .. ``resnet152``, ``plain18``, the CIFAR 6n+2 nets) are one
+table in :mod:`detres.modeling.backbones`.
 """
 
 from __future__ import annotations
@@ -317,6 +318,7 @@ class ResNet(Backbone):
         self.num_features = inplanes
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(inplanes, num_classes) if num_classes > 0 else None
+        self.final_stage = self.stage_names[-1]
         init_weights(self)
         if zero_init_residual:
             for m in self.modules():
@@ -331,67 +333,12 @@ class ResNet(Backbone):
             stages[name] = getattr(self, f"layer{i + 1}")
         return stages
 
+    def stage_attributes(self, name: str) -> list[str]:
+        return [f"layer{self.stage_names.index(name)}"]
+
     def forward(self, x: Tensor) -> Tensor:
+        self.check_whole()
         for stage in self.stage_modules().values():
             x = stage(x)
         x = self.avgpool(x).flatten(1)
         return x if self.fc is None else self.fc(x)
-
-
-def _imagenet_builder(
-    name: str, block: type[BasicBlock] | type[Bottleneck], layers: list[int]
-) -> Callable[..., ResNet]:
-    def build(
-        *,
-        num_classes: int = 1000,
-        stride_in_1x1: bool = True,
-        shortcut: str = "B",
-        zero_init_residual: bool = False,
-        width_per_group: int = 64,
-        norm: str = "BN",
-    ) -> ResNet:
-        return ResNet(
-            block=block,
-            layers=layers,
-            num_classes=num_classes,
-            stem="imagenet",
-            width_per_group=width_per_group,
-            stride_in_1x1=stride_in_1x1,
-            shortcut=shortcut,
-            zero_init_residual=zero_init_residual,
-            norm=norm,
-        )
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = (
-        f"ResNet-{sum(layers) * (3 if block is Bottleneck else 2) + 2} ({block.__name__}, "
-        f"stages {layers}). Defaults: the paper's network (stride_in_1x1=True, shortcut 'B'); "
-        "stride_in_1x1=False gives torchvision's v1.5."
-    )
-    return build
-
-
-def _plain_builder(name: str, layers: list[int]) -> Callable[..., ResNet]:
-    def build(*, num_classes: int = 1000, width_per_group: int = 64, norm: str = "BN") -> ResNet:
-        return ResNet(
-            block=BasicBlock,
-            layers=layers,
-            num_classes=num_classes,
-            stem="imagenet",
-            width_per_group=width_per_group,
-            shortcut="none",
-            norm=norm,
-        )
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"Plain-{sum(layers) * 2 + 2}: ResNet-{sum(layers) * 2 + 2} without shortcuts."
-    return build
-
-
-resnet18 = _imagenet_builder("resnet18", BasicBlock, [2, 2, 2, 2])
-resnet34 = _imagenet_builder("resnet34", BasicBlock, [3, 4, 6, 3])
-resnet50 = _imagenet_builder("resnet50", Bottleneck, [3, 4, 6, 3])
-resnet101 = _imagenet_builder("resnet101", Bottleneck, [3, 4, 23, 3])
-resnet152 = _imagenet_builder("resnet152", Bottleneck, [3, 8, 36, 3])
-plain18 = _plain_builder("plain18", [2, 2, 2, 2])
-plain34 = _plain_builder("plain34", [3, 4, 6, 3])

@@ -88,6 +88,14 @@ class VGG(Backbone):
         ``(R, num_features)``; the detector's box head on 7x7-pooled conv5_3 features."""
         return self.classifier[:6]
 
+    def split_fc_head(self) -> nn.Sequential:
+        """Hand fc6/fc7 over to a detector's box head: returns :meth:`fc_head` and removes the
+        classifier from the trunk (which then has no classification forward)."""
+        head = self.fc_head()
+        del self.classifier
+        self.is_split = True
+        return head
+
     def stage_modules(self) -> dict[str, nn.Module]:
         starts = [0] + self._stage_ends[:-1]
         return {
@@ -96,6 +104,7 @@ class VGG(Backbone):
         }
 
     def forward(self, x: Tensor) -> Tensor:
+        self.check_whole()
         x = self.avgpool(self.features(x)).flatten(1)
         return self.classifier(x)
 
@@ -108,9 +117,5 @@ def vgg16(
     backbone interface and has no effect: VGG-16 has no normalization layers."""
     if norm not in ("BN", "FrozenBN"):
         raise ValueError(f"norm {norm!r} is not one of 'BN', 'FrozenBN'")
-    return VGG(
-        blocks=_VGG16_BLOCKS,
-        num_classes=num_classes,
-        width_per_group=width_per_group,
-        dropout=dropout,
-    )
+    return VGG(blocks=_VGG16_BLOCKS, num_classes=num_classes, width_per_group=width_per_group,
+               dropout=dropout)

@@ -1,5 +1,5 @@
-"""Measuring speed: timers, peak memory, synthetic inputs, the torchvision reference pair,
-and the figures ``tools/benchmark.py`` prints.
+"""Measuring speed: timers, peak memory, synthetic inputs, the closures that are timed, and
+detection agreement.
 
 Every figure is taken after warm-up over repeated runs and reported as median and spread;
 comparisons run both sides in the same process on the same inputs, alternating A B A B so
@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import FrozenBatchNorm2d, box_iou
 
-from detres.config import Config
-from detres.engine.trainer import autocast_context
 from detres.modeling.faster_rcnn import FasterRCNN
+from detres.modeling.fastpath import reference_ops
+from detres.preprocess import padded_hw, resized_hw
+from detres.utils.device import autocast_context
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -125,12 +127,15 @@ def synthetic_images(n: int, hw: tuple[int, int], seed: int = 0) -> list[Tensor]
     return out
 
 
-def resized_size(hw: tuple[int, int], min_size: int, max_size: int) -> tuple[int, int]:
-    """The size ``predict`` and the loaders give an image: shorter side ``min_size``, longer
-    side at most ``max_size``."""
-    h, w = hw
-    scale = min(min_size / min(h, w), max_size / max(h, w))
-    return round(h * scale), round(w * scale)
+def test_size(model: FasterRCNN, hw: tuple[int, int]) -> tuple[int, int]:
+    """The resized size ``predict`` gives a raw ``hw`` image (:mod:`detres.preprocess`)."""
+    return resized_hw(*hw, short=model.min_size_test, max_size=model.max_size_test,
+                      rule=model.resize_rule)
+
+
+def padded_test_size(model: FasterRCNN, hw: tuple[int, int]) -> tuple[int, int]:
+    """The padded input the detector sees for a raw ``hw`` image at test time."""
+    return padded_hw([test_size(model, hw)], model.size_divisibility)
 
 
 def synthetic_targets(n: int, hw: tuple[int, int], num_classes: int, *, boxes_per_image: int = 8,
@@ -148,15 +153,6 @@ def synthetic_targets(n: int, hw: tuple[int, int], num_classes: int, *, boxes_pe
     return out
 
 
-def pad_batch(images: list[Tensor], divisor: int) -> Tensor:
-    h = -(-max(i.shape[-2] for i in images) // divisor) * divisor
-    w = -(-max(i.shape[-1] for i in images) // divisor) * divisor
-    batch = images[0].new_zeros((len(images), 3, h, w))
-    for b, img in zip(batch, images, strict=True):
-        b[:, : img.shape[-2], : img.shape[-1]].copy_(img)
-    return batch
-
-
 @torch.no_grad()
 def calibrate_random_detector(model: FasterRCNN, hw: tuple[int, int], *, seed: int = 0) -> None:
     """Make a randomly initialised detector behave like a trained one for timing purposes.
@@ -166,10 +162,6 @@ def calibrate_random_detector(model: FasterRCNN, hw: tuple[int, int], *, seed: i
     the statistics of its input on a synthetic image, layer by layer (data-dependent init);
     then the RPN keeps ``post_nms_topk`` proposals as a trained one does on a real image.
     Timing figures report the RoIs per image, so that this can be checked."""
-    from torchvision.ops import FrozenBatchNorm2d
-
-    from detres.modeling.fastpath import reference_ops
-
     def set_stats(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
         x = args[0].float()
         mod.running_mean.copy_(x.mean(dim=(0, 2, 3)))
@@ -280,8 +272,6 @@ def match_detections(ref: dict[str, Tensor], got: dict[str, Tensor], *,
     """How far two detectors' outputs on one image agree: each reference detection is paired
     with the best-overlapping detection of the same label; reports the matched fraction
     (IoU >= ``iou``), the largest box coordinate and score differences among matches."""
-    from torchvision.ops import box_iou
-
     rb, gb = ref["boxes"].float().cpu(), got["boxes"].float().cpu()
     n_ref, n_got = len(rb), len(gb)
     if n_ref == 0 or n_got == 0:
@@ -296,27 +286,3 @@ def match_detections(ref: dict[str, Tensor], got: dict[str, Tensor], *,
                   .abs().amax().item() if ok.any() else float("inf"))
     return {"ref": n_ref, "ours": n_got, "matched": ok.float().mean().item(),
             "max_box_diff_px": box_diff, "max_score_diff": score_diff}
-
-
-def torchvision_reference(cfg: Config, *, weights: str | None = None,
-                          seed: int = 0) -> tuple[nn.Module, FasterRCNN]:
-    """torchvision's ``fasterrcnn_resnet50_fpn`` with the settings of ``cfg`` (sizes, top-k,
-    thresholds, frozen BN, frozen stem and res2) and detres' detector of ``cfg`` carrying the
-    same weights through :func:`detres.modeling.convert.torchvision_frcnn_checkpoint`.
-
-    ``weights``: a torchvision COCO weight file; without it, random weights with spread class
-    scores (see :func:`detres.modeling.convert.randomize_torchvision_frcnn`)."""
-    from detres.config import from_dict
-    from detres.engine.checkpoint import load_file
-    from detres.modeling import build_detector
-    from detres.modeling.convert import build_torchvision_frcnn, torchvision_frcnn_checkpoint
-
-    tv = build_torchvision_frcnn(cfg, seed=seed, randomize=weights is None)
-    if weights:
-        state = load_file(weights)
-        tv.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    ckpt = torchvision_frcnn_checkpoint(tv.state_dict(), cfg, src_bn_eps=0.0)
-    ours = build_detector(from_dict(ckpt["config"]))
-    ours.load_state_dict(ckpt["model"], strict=True)
-    ours.set_classes(ckpt["class_names"], ckpt["category_ids"])
-    return tv.eval(), ours.eval()

@@ -13,9 +13,10 @@ import time
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import MultiScaleRoIAlign
 
-from detres.config import Config
-from detres.engine.benchmark import (
+from detres.benchmark.core import (
     PeakMemory,
     alternate,
     amp_name,
@@ -25,33 +26,30 @@ from detres.engine.benchmark import (
     detres_train_step,
     feature_flops,
     match_detections,
-    pad_batch,
-    resized_size,
+    padded_test_size,
     summarize,
     synthetic_images,
     synthetic_targets,
-    torchvision_reference,
 )
-from detres.engine.trainer import autocast_context
+from detres.benchmark.reference import torchvision_reference
+from detres.config import Config
+from detres.data.det_loader import build_det_train_loader
 from detres.modeling.faster_rcnn import FasterRCNN
 from detres.modeling.fastpath import reference_ops
+from detres.modeling.roi_align import multilevel_roi_align
+from detres.preprocess import pad_batch, resize_image, resized_hw
+from detres.utils.device import autocast_context
 
 
 def _train_inputs(cfg: Config, hw: tuple[int, int], batch: int, seed: int = 0):
+    """``batch`` synthetic images resized as the training loader does (the first training
+    size), random targets for them, and that size."""
     i = cfg.model.input
-    size = resized_size(hw, i.min_size_train[0], i.max_size_train)
-    images = [torch.nn.functional.interpolate(x[None], size=size, mode="bilinear")[0]
-              for x in synthetic_images(batch, hw, seed)]
+    size = resized_hw(*hw, short=i.min_size_train[0], max_size=i.max_size_train,
+                      rule=i.resize_rule)
+    images = [resize_image(x, size, i.resize_rule) for x in synthetic_images(batch, hw, seed)]
     targets = synthetic_targets(batch, size, cfg.model.num_classes, seed=seed)
     return images, targets, size
-
-
-def _padded_test_size(cfg: Config, hw: tuple[int, int]) -> tuple[int, int]:
-    """The padded input the detector sees for a raw ``hw`` image at test time."""
-    i = cfg.model.input
-    h, w = resized_size(hw, i.min_size_test, i.max_size_test)
-    d = i.size_divisibility
-    return -(-h // d) * d, -(-w // d) * d
 
 
 def bench_inference(model: FasterRCNN, hw: tuple[int, int], device: torch.device,
@@ -80,7 +78,7 @@ def bench_efficiency(model: FasterRCNN, cfg: Config, hw: tuple[int, int],
                      device: torch.device, precision: str, channels_last: bool, *,
                      warmup: int, repeats: int) -> dict[str, Any]:
     """Achieved GFLOP/s of backbone + neck beside a large 3x3 convolution's."""
-    ph, pw = _padded_test_size(cfg, hw)
+    ph, pw = padded_test_size(model, hw)
     flops = feature_flops(model, (ph, pw))
     x = torch.rand(1, 3, ph, pw, device=device)
     if channels_last:
@@ -104,8 +102,6 @@ def _box_head_efficiency(model: FasterRCNN, cfg: Config, device: torch.device, p
                          channels_last: bool, *, warmup: int, repeats: int) -> dict[str, Any]:
     """The box head (res5 per RoI for C4, fc6/fc7 otherwise) on ``post_nms_topk_test`` RoIs;
     its FLOPs are counted on 4 RoIs and scaled (they are linear in the RoI count)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     r, s = cfg.model.rpn.post_nms_topk_test, cfg.model.roi_heads.pooler_resolution
     c = (cfg.model.fpn.out_channels if model.neck is not None
          else model.backbone.output_shape()[model.backbone_features[0]].channels)
@@ -128,8 +124,6 @@ def _box_head_efficiency(model: FasterRCNN, cfg: Config, device: torch.device, p
 def bench_loader(cfg: Config, *, workers: int, batch: int, batches: int) -> dict[str, Any]:
     """Images/s of the training loader (decode, augment, collate) with ``workers`` workers:
     each batch's wait is timed after the first ``workers + 1`` batches (start-up)."""
-    from detres.data.det_loader import build_det_train_loader
-
     cfg = copy.deepcopy(cfg)
     cfg.data.num_workers = workers
     it = iter(build_det_train_loader(cfg, batch))
@@ -233,10 +227,6 @@ def bench_ops(device: torch.device, hw: tuple[int, int] = (800, 1088), rois: int
               repeats: int = 5) -> dict[str, Any]:
     """RoIAlign: detres' gather vs torchvision's kernel on FPN-sized inputs (1000 RoIs over
     p2..p5 at 800 x 1088, 256 channels), forward and forward + backward."""
-    from torchvision.ops import MultiScaleRoIAlign
-
-    from detres.modeling.roi_align import multilevel_roi_align
-
     g = torch.Generator().manual_seed(0)
     h, w = hw
     feats = {f"p{k}": torch.randn(1, 256, h // 2**k, w // 2**k, generator=g).to(device)
@@ -278,7 +268,7 @@ def bench_compile(model: FasterRCNN, cfg: Config, hw: tuple[int, int], device: t
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True
-    x = torch.rand(1, 3, *_padded_test_size(cfg, hw), device=device)
+    x = torch.rand(1, 3, *padded_test_size(model, hw), device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     fn = torch.compile(model.eval().features)

@@ -55,6 +55,15 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a process group)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a tensor (a copy; the input is untouched)."""
     if not is_dist():

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from detres.engine.distributed import is_main_process
+from detres.utils.dist import is_main_process
 
 LOG = logging.getLogger("detres")
 

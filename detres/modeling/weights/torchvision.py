@@ -24,10 +24,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models._meta import _COCO_CATEGORIES
 
 from detres.config import Config, load_config, to_dict
+from detres.modeling.faster_rcnn import build_detector
 
 #: The detres config of torchvision's ``fasterrcnn_resnet50_fpn`` (torchvision's defaults):
 #: ``load_config(None, TORCHVISION_R50_FPN_OVERRIDES)``.
@@ -140,8 +141,6 @@ def torchvision_frcnn_checkpoint(
     """A detres checkpoint ``{"model", "config", "class_names", "category_ids"}`` from
     torchvision's COCO ``fasterrcnn_resnet50_fpn`` weights, checked by loading it strictly
     into the detector of ``cfg`` (default: :data:`TORCHVISION_R50_FPN_OVERRIDES`)."""
-    from detres.modeling.faster_rcnn import build_detector  # the package imports this module
-
     if cfg is None:
         cfg = load_config(None, TORCHVISION_R50_FPN_OVERRIDES)
     cfg = copy.deepcopy(cfg)
@@ -158,73 +157,3 @@ def torchvision_frcnn_checkpoint(
     except RuntimeError as e:
         raise ValueError(f"converted weights do not fit the configured detector: {e}") from None
     return {"model": state, "config": to_dict(cfg), "class_names": names, "category_ids": ids}
-
-
-def build_torchvision_frcnn(cfg: Config, *, seed: int = 0, randomize: bool = True) -> nn.Module:
-    """torchvision's ``fasterrcnn_resnet50_fpn`` (91 COCO classes) set up like ``cfg``
-    (test and train sizes, RPN top-k and thresholds, sampling, score/NMS/detections) and like
-    its COCO_V1 release: ``FrozenBatchNorm2d`` with eps 0, stem and res2 frozen
-    (``trainable_backbone_layers=3``). Weights are random; with ``randomize`` the BN
-    statistics are made non-trivial and the class scores spread (unused COCO ids at -1e4) so
-    that random weights still give detections above the score threshold."""
-    from torchvision.models.detection import fasterrcnn_resnet50_fpn
-    from torchvision.models.detection._utils import overwrite_eps
-
-    from detres.modeling.backbones.base import convert_frozen_batchnorm
-
-    m = cfg.model
-    if m.arch != "faster_rcnn_fpn" or m.backbone.name != "resnet50":
-        raise ValueError(
-            f"torchvision's reference is ResNet-50-FPN; the config has {m.arch} on "
-            f"{m.backbone.name} (use a config like coco_r50_fpn.yaml)"
-        )
-    torch.manual_seed(seed)
-    r, rh, i = m.rpn, m.roi_heads, m.input
-    tv = fasterrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=91,
-        min_size=i.min_size_test,
-        max_size=i.max_size_test,
-        image_mean=list(i.pixel_mean),
-        image_std=list(i.pixel_std),
-        rpn_pre_nms_top_n_train=r.pre_nms_topk_train,
-        rpn_post_nms_top_n_train=r.post_nms_topk_train,
-        rpn_pre_nms_top_n_test=r.pre_nms_topk_test,
-        rpn_post_nms_top_n_test=r.post_nms_topk_test,
-        rpn_nms_thresh=r.nms_thresh,
-        rpn_fg_iou_thresh=r.fg_iou_thresh,
-        rpn_bg_iou_thresh=r.bg_iou_thresh,
-        rpn_batch_size_per_image=r.batch_size_per_image,
-        rpn_positive_fraction=r.positive_fraction,
-        box_score_thresh=rh.score_thresh_test,
-        box_nms_thresh=rh.nms_thresh_test,
-        box_detections_per_img=rh.detections_per_image,
-        box_fg_iou_thresh=rh.fg_iou_thresh,
-        box_bg_iou_thresh=rh.bg_iou_thresh,
-        box_batch_size_per_image=rh.batch_size_per_image,
-        box_positive_fraction=rh.positive_fraction,
-        bbox_reg_weights=tuple(rh.bbox_reg_weights),
-    )
-    body = tv.backbone.body
-    if randomize:
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for mod in body.modules():
-                if isinstance(mod, nn.BatchNorm2d):  # non-trivial statistics
-                    mod.weight.uniform_(0.2, 0.6, generator=g)
-                    mod.bias.uniform_(-0.2, 0.2, generator=g)
-                    mod.running_mean.uniform_(-0.2, 0.2, generator=g)
-                    mod.running_var.uniform_(0.5, 2.0, generator=g)
-            pred = tv.roi_heads.box_predictor
-            pred.cls_score.weight.normal_(0, 0.2, generator=g)
-            pred.cls_score.bias.normal_(0, 1.0, generator=g)
-            pred.bbox_pred.weight.normal_(0, 0.05, generator=g)
-            used = set(coco_layout()[0])  # trained weights never predict the "N/A" ids
-            pred.cls_score.bias[[c for c in range(1, 91) if c not in used]] = -1e4
-    tv.backbone.body = convert_frozen_batchnorm(body)
-    for name, p in tv.backbone.body.named_parameters():  # trainable_backbone_layers=3
-        if not name.startswith(("layer2", "layer3", "layer4")):
-            p.requires_grad_(False)
-    overwrite_eps(tv, 0.0)
-    return tv

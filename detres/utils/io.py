@@ -1,0 +1,164 @@
+"""Files on disk: safe checkpoint reading, atomic writes, RNG state, generated directories.
+
+* :func:`read_checkpoint` is the one place a ``.pth`` file is unpickled: always with
+  ``torch.load(..., weights_only=True)``, errors naming the file.
+* :func:`atomic_save` / :func:`atomic_write_text` write to a temporary file in the target's
+  directory and ``os.replace`` it, so a reader never sees half a file.
+* :func:`rng_state` / :func:`set_rng_state`: Python, numpy and torch RNG states as tensors and
+  plain types (so they fit a ``weights_only`` checkpoint).
+* :func:`build_directory_once`: a generated data directory written to a temporary sibling and
+  renamed into place, under an exclusive lock, so that concurrent processes (torchrun ranks)
+  generate it once and nobody sees a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointReadError(ValueError):
+    """A file that cannot be read as a checkpoint (truncated, not a torch file, or a pickle
+    that names code); the message names the file."""
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A ``.pth`` file's top-level dict, read with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, or a pickle with code in it
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointReadError(
+            f"{path} cannot be read as a checkpoint: {type(e).__name__}: {msg}"
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointReadError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp.{os.getpid()}")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to a temp file in the same directory, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to a temp file in the same directory, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (and CUDA) RNG states as tensors and plain types."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+         n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the directory itself (no lock file is left behind). Where
+    ``fcntl`` does not exist (Windows) the atomic rename alone keeps a directory whole."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def build_directory_once(target: str | os.PathLike[str], *, is_current: Callable[[Path], bool],
+                         write: Callable[[Path], None]) -> Path:
+    """Make sure ``target`` holds a current generated directory; returns it.
+
+    ``is_current(dir)`` says whether a directory is complete and up to date; ``write(tmp)``
+    fills an empty temporary directory. The temporary directory is a sibling of ``target``
+    (same file system), renamed into place when complete; a stale or partial ``target`` is
+    moved aside and deleted. An exclusive lock on the parent directory makes concurrent
+    callers wait for one writer and then reuse its result. Temporary directories left by a
+    killed writer are removed by the next one."""
+    target = Path(target)
+    if is_current(target):
+        return target
+    root = target.parent
+    root.mkdir(parents=True, exist_ok=True)
+    with directory_lock(root):
+        if is_current(target):  # another process wrote it while we waited
+            return target
+        for old in root.glob(f".{target.name}.tmp-*"):  # left by a killed writer
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private
+            write(tmp)
+            if target.exists():  # stale or partial: move aside, then delete
+                aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+                os.replace(target, aside / "old")
+                shutil.rmtree(aside, ignore_errors=True)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
