@@ -13,10 +13,8 @@ from types import ModuleType
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from detres.benchmark.reference import build_torchvision_frcnn
-from detres.config import load_config
-from detres.data.demo_det import generate_demo_det
 from detres.benchmark import suite as bench_suite
 from detres.benchmark.core import (
     alternate,
@@ -24,6 +22,9 @@ from detres.benchmark.core import (
     summarize,
     synthetic_targets,
 )
+from detres.benchmark.reference import build_torchvision_frcnn
+from detres.config import load_config
+from detres.data.demo_det import generate_demo_det
 
 SMALL_R50 = [
     "model.input.min_size_test=128", "model.input.max_size_test=160",
@@ -92,10 +93,20 @@ def test_benchmark_tool_vs_torchvision(tmp_path: Path, tool: Callable[[str], Mod
     assert agree["ref"] > 0 and agree["matched"] >= 0.95 and agree["max_score_diff"] < 1e-4
     assert agree["max_box_diff_px"] < 1e-2
     assert vs["inference_speedup"]["ours_fp32"] > 0
-    assert len(res["ablation"]) == 4
+    assert set(res["ablation"]) == {f"{ops}/{layout}/fp32" for ops in ("reference_ops", "fast_ops")
+                                    for layout in ("nchw", "channels_last")}
+    # the random weights were calibrated: the RPN keeps its post-NMS top-k, as a trained one
+    assert res["inference"]["rois_per_image"] == 100
+    # the FLOPs behind GFLOP/s: torchvision's own backbone + FPN, counted independently
     eff = res["efficiency"]
-    assert eff["gflop"] > 0 and 0 < eff["fraction"] and eff["conv3x3_gflops"] > 0
+    tv = build_torchvision_frcnn(load_config("coco_r50_fpn", SMALL_R50))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tv.backbone(torch.zeros(1, 3, *eff["input"]))
+    assert eff["input"] == [128, 160]  # 96x120 -> 128x160 (torchvision's rule), padded to 32
+    assert eff["gflop"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+    assert 0 < eff["fraction"] and eff["conv3x3_gflops"] > 0
     assert res["inference"]["median_s"] > 0
+    assert res["machine"]["threads"] == torch.get_num_threads()
 
 
 def test_benchmark_tool_loader_and_training(tmp_path: Path, tool: Callable[[str], ModuleType],

@@ -27,11 +27,11 @@ from detres.data.cls_loader import (
     build_cls_test_loader,
     build_cls_train_loader,
 )
-from detres.data.samplers import InferenceSampler
-from detres.data.sampling import InfiniteSampler
 from detres.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD, build_cls_transform
 from detres.data.cls_transforms import geometric_transforms as geo
 from detres.data.imagefolder import ImageFolderSource, read_image_rgb
+from detres.data.samplers import InferenceSampler
+from detres.data.sampling import InfiniteSampler
 
 RNG = np.random.default_rng(0)
 

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 # the tiny models and data sets of the single-process end-to-end tests
-
 from detres.config import load_config
 from detres.data.cls_loader import build_cls_dataset
 from detres.data.demo_det import generate_demo_det

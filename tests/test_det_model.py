@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from detres.config import ConfigError, load_config
-from detres.modeling import build_classifier, build_detector
-from detres.modeling import FasterRCNN, load_pretrained, load_weights
+from detres.modeling import (
+    FasterRCNN,
+    build_classifier,
+    build_detector,
+    load_pretrained,
+    load_weights,
+)
 
 TINY = {
     "c4": [

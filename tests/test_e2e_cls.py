@@ -17,8 +17,9 @@ import torch
 
 from detres.config import load_config
 from detres.data.synthetic_cls import generate_synthetic_cls
-from detres.utils.logging import read_jsonl
 from detres.modeling import build_detector, load_pretrained
+from detres.utils.logging import read_jsonl
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType],

@@ -15,7 +15,6 @@ import torch
 
 from detres.config import load_config
 from detres.data.demo_det import DEMO_CATEGORY_IDS, DEMO_CLASSES, generate_demo_det
-from detres.utils.logging import read_jsonl
 from detres.engine.predict import (
     build_predictor,
     draw_detections,
@@ -23,6 +22,9 @@ from detres.engine.predict import (
     list_images,
     read_image,
 )
+from detres.utils.device import autocast_context
+from detres.utils.logging import read_jsonl
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], ModuleType],
@@ -127,10 +129,12 @@ def test_predict_tool_writes_images_and_json(
     assert [r["file"] for r in records] == [str(f) for f in inputs]
 
     # the same detections as model.predict; names and category ids from the checkpoint's meta
-    model = build_predictor(load_config(cfg), weights, torch.device("cpu"))
+    config = load_config(cfg)
+    model = build_predictor(config, weights, torch.device("cpu"))
     assert model.class_names == list(DEMO_CLASSES)
     assert model.category_ids == list(DEMO_CATEGORY_IDS)
-    dets = model.predict([read_image(f) for f in inputs])
+    with autocast_context(torch.device("cpu"), config.train.amp):  # the tool's precision
+        dets = model.predict([read_image(f) for f in inputs])
     name_of = dict(zip(DEMO_CATEGORY_IDS, DEMO_CLASSES, strict=True))
     for r, d, f in zip(records, dets, inputs, strict=True):
         h, w = read_image(f).shape[-2:]
@@ -185,3 +189,35 @@ def test_list_images_and_drawing(tmp_path: Path) -> None:
     assert drawn[:, 6, 5:31].sum() > 0 and drawn[:, 20, 10:25].sum() == 0  # edge, not inside
     empty = keep_scores(det, 0.95)
     assert torch.equal(draw_detections(image, empty, Model()), image.byte())  # type: ignore[arg-type]
+
+
+def test_eval_and_predict_see_the_same_image(
+    run: dict[str, Path], tool: Callable[[str], ModuleType]
+) -> None:
+    """One preprocessing path: an image scored by tools/eval.py (test loader) and run through
+    tools/predict.py gives the same detections (boxes within 1e-3 px, scores within 1e-5)."""
+    out, tmp = run["full"], run["tmp"]
+    cfg, weights = str(out / "config.yaml"), str(out / "model_final.pth")
+    m_json = tmp / "same" / "m.json"
+    m_json.parent.mkdir()
+    assert tool("eval").main(["--cfg", cfg, "--weights", weights, "--out", str(m_json)]) == 0
+    results = json.loads((m_json.parent / "coco_results_tiny_val.json").read_text())
+    ann = json.loads((run["data"] / "demo_det/annotations/instances_val.json").read_text())
+    checked = 0
+    for im in ann["images"][:3]:
+        pred = tmp / "same" / f"pred_{im['id']}"
+        image = run["data"] / "demo_det" / "images" / im["file_name"]
+        assert tool("predict").main(["--cfg", cfg, "--weights", weights, "--input", str(image),
+                                     "--out", str(pred), "--score-thresh", "0.0"]) == 0
+        (rec,) = json.loads((pred / "predictions.json").read_text())
+        ours = sorted(zip(rec["scores"], rec["labels"], rec["boxes"], strict=True), reverse=True)
+        theirs = sorted(((r["score"], r["category_id"],
+                          [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2],
+                           r["bbox"][1] + r["bbox"][3]]) for r in results
+                         if r["image_id"] == im["id"]), reverse=True)
+        assert len(ours) == len(theirs)
+        for (s1, c1, b1), (s2, c2, b2) in zip(ours, theirs, strict=True):
+            assert c1 == c2 and abs(s1 - s2) < 1e-5
+            np.testing.assert_allclose(b1, b2, atol=1e-3, rtol=0)
+        checked += len(ours)
+    assert checked > 0

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 from detres.config import load_config
 from detres.data.sampling import InfiniteSampler, SeededDataset
 from detres.engine import checkpoint as ckpt
-from detres.modeling.weights import WeightsError, load_model_state
-from detres.utils.io import read_checkpoint
 from detres.engine.schedule import LRSchedule, build_optimizer
 from detres.engine.trainer import NonFiniteLossError, Trainer
+from detres.modeling.weights import WeightsError, load_model_state
+from detres.utils.io import read_checkpoint
 
 
 class NoisyPoints(Dataset):

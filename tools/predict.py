@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         records = []
         for (f, image, det), name in zip(
             predict_files(model, files, batch_size=args.batch_size,
-                          score_thresh=args.score_thresh), names, strict=True):
+                          score_thresh=args.score_thresh, amp=cfg.train.amp), names, strict=True):
             write_image(args.out / name, draw_detections(image, det, model))
             records.append(detection_record(f, image, det, model))
             print(f"{f}: {len(det['boxes'])} detection(s) -> {args.out / name}")

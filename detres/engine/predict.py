@@ -21,6 +21,7 @@ from torchvision.utils import draw_bounding_boxes
 from detres.config import Config
 from detres.data.det_transforms import image_tensor, load_image
 from detres.modeling import FasterRCNN, build_detector, load_weights
+from detres.utils.device import autocast_context
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -58,16 +59,20 @@ def keep_scores(det: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor
 
 
 def predict_files(model: FasterRCNN, files: Sequence[Path], *, batch_size: int = 4,
-                  score_thresh: float = 0.0) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
-    """``(file, image (3, H, W) float, detections)`` per file, running ``model.predict`` on
-    batches of ``batch_size`` images read as they are needed."""
+                  score_thresh: float = 0.0, amp: str = "none"
+                  ) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
+    """``(file, image (3, H, W) uint8, detections)`` per file, running ``model.predict`` on
+    batches of ``batch_size`` images read as they are needed, under ``amp`` autocast (the
+    precision the evaluation uses: ``train.amp``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
+    device = model.pixel_mean.device
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]
         images = [read_image(f) for f in chunk]
-        dets = model.predict(images)
+        with torch.inference_mode(), autocast_context(device, amp):
+            dets = model.predict(images)
         for f, img, det in zip(chunk, images, dets, strict=True):
             yield f, img, keep_scores(det, score_thresh)
 

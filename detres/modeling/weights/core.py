@@ -12,9 +12,10 @@ level (converter files) or under ``meta`` (trainer checkpoints) become ``meta``.
 **Key mapping**: a classifier's state dict (torchvision names: ``conv1``, ``layer1``..,
 ``features.N``, ``classifier.N``, ``fc``) loads into a detector through the detector's own
 ``trunk_keys`` table (``FasterRCNN``: e.g. C4 maps ``layer4.*`` to
-``roi_heads.box_head.res5.*``, everything else to ``backbone.*``); the classifier's head (``fc`` / ``classifier.6``) is not
-part of any detector. A detector's ``backbone.*`` keys are read through the same table, so
-checkpoints written before res5 / fc6-fc7 moved into the box heads still load.
+``roi_heads.box_head.res5.*``, everything else to ``backbone.*``); the classifier's head
+(``fc`` / ``classifier.6``) is not part of any detector. A detector's ``backbone.*`` keys
+are read through the same table, so checkpoints written before res5 / fc6-fc7 moved into
+the box heads still load.
 
 **Policies** (:func:`load_weights`):
 
