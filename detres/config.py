@@ -21,11 +21,13 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from detres.utils.errors import InputError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override that does not fit the schema."""
 
 
@@ -214,9 +216,12 @@ class Config:
     data: DataCfg = field(default_factory=DataCfg)
     solver: SolverCfg = field(default_factory=SolverCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
-    # Figures the config reproduces, as published (printed beside ours by tools/eval.py).
+    # Figures the config reproduces, as published (printed beside ours by tools/eval.py and
+    # train_det.py), only when the evaluated set (data.test[0]) is the catalog entry
+    # ``published_on`` they were measured on.
     published: dict[str, float] = field(default_factory=dict)
     published_source: str = ""
+    published_on: str = ""
 
 
 # --------------------------------------------------------------------------- loading
@@ -335,6 +340,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"key 'solver.steps': must be increasing, got {cfg.solver.steps}")
     if cfg.task == "det" and cfg.model.arch == "classifier":
         raise ConfigError("key 'model.arch': task 'det' needs a faster_rcnn_* arch")
+
+
+def published_figures(cfg: Config) -> dict[str, Any]:
+    """``{"published": {...}, "source": "..."}`` for :func:`detres.evaluation.format_table`
+    when ``data.test[0]`` is the set the config's published figures were measured on, else
+    empty (a recipe copied onto another data set prints no one else's targets)."""
+    test = cfg.data.test[0] if cfg.data.test else None
+    if not cfg.published or test is None or test.format or test.name != cfg.published_on:
+        return {}
+    return {"published": dict(cfg.published), "source": cfg.published_source}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

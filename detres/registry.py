@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from detres.utils.errors import UnknownNameError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -34,7 +36,7 @@ class Registry:
         try:
             return self._builders[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._builders))}"
             ) from None
 

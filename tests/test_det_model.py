@@ -222,3 +222,39 @@ def test_bad_inputs_fail_with_clear_errors() -> None:
     del targets[1]["gt_boxes"]
     with pytest.raises(KeyError, match="gt_boxes"):
         model.losses(images, targets)
+
+
+def test_finetuning_reinitializes_the_predictor_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A detector trained on 3 classes fine-tuned to 5: everything but the box predictor loads,
+    and one log line says what was re-initialized and why. A classifier's fc: likewise."""
+    src = tiny_detector("fpn")
+    src.set_classes(["a", "b", "c"], [1, 2, 3])
+    path = tmp_path / "det3.pth"
+    torch.save({"model": src.state_dict(), "class_names": src.class_names,
+                "category_ids": src.category_ids}, path)
+    dst = tiny_detector("fpn", "model.num_classes=5")
+    with caplog.at_level("INFO", logger="detres"):
+        report = load_weights(dst, path, policy="trunk")
+    assert report.reinitialized == ["roi_heads.box_predictor"]
+    lines = [r.getMessage() for r in caplog.records if "det3.pth" in r.getMessage()]
+    assert len(lines) == 1
+    assert "re-initialized roi_heads.box_predictor (3 classes in the file, 5 in the model)" \
+        in lines[0]
+    torch.testing.assert_close(dst.rpn.head.conv.weight, src.rpn.head.conv.weight)
+    assert dst.class_names == ["class_1", "class_2", "class_3", "class_4", "class_5"]
+    with pytest.raises(ValueError, match="does not fit"):  # strict: the predictor must fit
+        load_weights(dst, path, policy="strict")
+
+    cls = build_classifier("resnet50", num_classes=1000, width_per_group=8)
+    cls_path = tmp_path / "r50.pth"
+    torch.save(cls.state_dict(), cls_path)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="detres"):
+        load_weights(build_classifier("resnet50", num_classes=10, width_per_group=8), cls_path)
+        load_weights(tiny_detector("c4"), cls_path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "re-initialized fc (1000 classes in the file, 10 in the model)" in lines[0]
+    assert "not used from the file: fc" in lines[1] and "roi_heads.box_predictor" in lines[1]

@@ -215,13 +215,19 @@ def test_detector_mode_wiring(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     monkeypatch.setattr(det, "evaluate_config", fake_evaluate_config)
     cfg = tmp_path / "det.yaml"
     cfg.write_text("task: det\nmodel:\n  arch: faster_rcnn_c4\npublished:\n  mAP@.5: 48.4\n"
-                   "published_source: He et al. 2015, Table 8\n")
+                   "published_source: He et al. 2015, Table 8\npublished_on: coco_2014_val\n"
+                   "data:\n  test: [{name: coco_2014_val}]\n")
     rc, out, _ = run(capsys, "--cfg", cfg, "--weights", tmp_path / "w.pth", "train.device=cpu",
                      "solver.base_lr=0.5", "--out", tmp_path / "o" / "m.json")
     c = seen["cfg"]
     assert rc == 0 and c.model.weights == str(tmp_path / "w.pth") and c.solver.base_lr == 0.5
     assert str(seen["device"]) == "cpu" and seen["out_dir"] == tmp_path / "o"
     assert "48.4" in out and "+1.6" in out and "He et al. 2015, Table 8" in out
+    # the same recipe on another data set: nobody's published figures beside ours
+    for other in ("data.test=[{name: coco_2017_val}]",
+                  "data.test=[{name: custom, format: coco, path: val.json}]"):
+        rc, out, _ = run(capsys, "--cfg", cfg, "--weights", tmp_path / "w.pth", other)
+        assert rc == 0 and "48.4" not in out and "published" not in out
     assert json.loads((tmp_path / "o" / "m.json").read_text())["mAP@[.5,.95]"] == 0.25
     cfg.write_text("task: cls\n")
     rc, _, err = run(capsys, "--cfg", cfg, "--weights", "w.pth")

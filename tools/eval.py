@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from detres.config import load_config
+from detres.config import load_config, published_figures
 from detres.engine import det
+from detres.engine.launch import add_debug_flag, run_cli
 from detres.evaluation import (
     VOCEvaluator,
     evaluate_coco_results,
@@ -36,6 +37,7 @@ from detres.evaluation import (
 from detres.evaluation.voc_io import voc_class_names
 from detres.utils.device import resolve_device
 from detres.utils.dist import cleanup, init_distributed
+from detres.utils.errors import InputError
 
 #: (results, published figures in percent, published source, title)
 Scored = tuple[dict[str, Any], dict[str, float], str, str]
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the metrics JSON here")
     p.add_argument("--published", action="append", default=[], metavar="KEY=PERCENT",
                    help="a published figure to print beside ours, e.g. mAP@.5=76.4")
+    add_debug_flag(p)
     return p
 
 
@@ -70,7 +73,7 @@ def eval_detector(args: argparse.Namespace) -> Scored:
 
     cfg = load_config(args.cfg, [*args.overrides, f"model.weights={args.weights}"])
     if cfg.task != "det":
-        raise ValueError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
+        raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
     device = resolve_device(cfg.train.device)
     init_distributed(device.type)
     if device.type == "cuda":
@@ -80,7 +83,8 @@ def eval_detector(args: argparse.Namespace) -> Scored:
     finally:
         cleanup()
     test = cfg.data.test[0]
-    return (results, dict(cfg.published), cfg.published_source,
+    pub = published_figures(cfg)  # only beside the set they were measured on
+    return (results, pub.get("published", {}), pub.get("source", ""),
             f"{Path(args.cfg).stem} ({args.weights}) on {test.name or test.path}")
 
 
@@ -131,16 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides and not modes[0]:
         parser.error(f"config overrides {args.overrides} only apply with --cfg")
     published = parse_published(args.published, parser)
-    try:
-        if modes[0]:
-            results, pub, source, title = eval_detector(args)
-        elif modes[1]:
-            results, pub, source, title = eval_coco(args)
-        else:
-            results, pub, source, title = eval_voc(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"eval.py: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli("eval.py", lambda: run(args, modes, published), debug=args.debug)
+
+
+def run(args: argparse.Namespace, modes: list[bool], published: dict[str, float]) -> int:
+    if modes[0]:
+        results, pub, source, title = eval_detector(args)
+    elif modes[1]:
+        results, pub, source, title = eval_coco(args)
+    else:
+        results, pub, source, title = eval_voc(args)
     if not results:  # a non-zero rank under torchrun
         return 0
     print(format_table(results, published={**pub, **published}, title=title, source=source))

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from detres.config import load_config
+from detres.engine.launch import add_debug_flag, run_cli
 from detres.engine.predict import (
     build_predictor,
     detection_record,
@@ -29,6 +31,7 @@ from detres.engine.predict import (
     write_image,
 )
 from detres.utils.device import resolve_device
+from detres.utils.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,40 +41,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", help="image files and/or directories")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--score-thresh", type=float, default=0.5,
-                   help="keep detections scoring at least this (default: 0.5)")
+                   help="keep detections scoring at least this (default: 0.5; the detector "
+                        "itself returns those above model.roi_heads.score_thresh_test, 0.05)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    add_debug_flag(p)
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        files = list_images(args.input)
-        names = [output_name(f) for f in files]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"several inputs would be written as {dup}; rename or run separately")
-        cfg = load_config(args.cfg, args.overrides)
-        if cfg.task != "det":
-            raise ValueError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
-        device = resolve_device(cfg.train.device)
-        model = build_predictor(cfg, args.weights, device)
-        args.out.mkdir(parents=True, exist_ok=True)
-        records = []
-        for (f, image, det), name in zip(
-            predict_files(model, files, batch_size=args.batch_size,
-                          score_thresh=args.score_thresh, amp=cfg.train.amp), names, strict=True):
-            write_image(args.out / name, draw_detections(image, det, model))
-            records.append(detection_record(f, image, det, model))
-            print(f"{f}: {len(det['boxes'])} detection(s) -> {args.out / name}")
-    except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    files = list_images(args.input)
+    names = [output_name(f) for f in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"several inputs would be written as {dup}; rename or run separately")
+    cfg = load_config(args.cfg, args.overrides)
+    if cfg.task != "det":
+        raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
+    device = resolve_device(cfg.train.device)
+    model = build_predictor(cfg, args.weights, device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = []
+    stream = predict_files(model, files, batch_size=args.batch_size,
+                           score_thresh=args.score_thresh, amp=cfg.train.amp)
+    bar = tqdm(zip(stream, names, strict=True), total=len(files), desc="predict", unit="img",
+               dynamic_ncols=True, disable=len(files) < 2)
+    for (f, image, det), name in bar:
+        write_image(args.out / name, draw_detections(image, det, model))
+        records.append(detection_record(f, image, det, model))
+        bar.write(f"{f}: {len(det['boxes'])} detection(s) -> {args.out / name}")
     out_json = args.out / "predictions.json"
     out_json.write_text(json.dumps(records, indent=1))
     print(f"wrote {out_json} ({len(records)} image(s), score >= {args.score_thresh})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli("predict.py", lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

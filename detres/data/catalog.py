@@ -9,11 +9,13 @@ writes an embedded synthetic set on first use.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from detres.config import DatasetCfg
 from detres.registry import Registry
+from detres.utils.errors import InputError, UnknownNameError
 
 #: format name -> builder(*, path: Path, images: Path | None, split: str, name: str) -> source
 DATASET_FORMATS = Registry("dataset format")
@@ -114,10 +116,10 @@ def resolve(ds: DatasetCfg, root: Path) -> tuple[str, Path, Path | None, str, st
     if ds.format:
         fmt, path, images, split, gen = ds.format, ds.path, ds.images, ds.split, None
         if not path:
-            raise ValueError(f"dataset {ds.name or '<unnamed>'!r}: format {fmt!r} needs 'path'")
+            raise InputError(f"dataset {ds.name or '<unnamed>'!r}: format {fmt!r} needs 'path'")
     else:
         if ds.name not in CATALOG:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown dataset {ds.name!r}; catalog names: {', '.join(sorted(CATALOG))}"
                 " (or give format/path for a custom set)"
             )
@@ -131,7 +133,19 @@ def resolve(ds: DatasetCfg, root: Path) -> tuple[str, Path, Path | None, str, st
     im = None
     if images:
         im = Path(images) if Path(images).is_absolute() else root / images
-    return fmt, p, im, split, ds.name or str(p)
+    return fmt, p, im, split, ds.name or label_from_path(p, split)
+
+
+def label_from_path(path: Path, split: str = "") -> str:
+    """A short, file-name-safe label for a custom set given by path: ``val.json`` -> ``val``,
+    ``VOCdevkit/VOC2007`` + ``test`` -> ``VOC2007_test``."""
+    base = path.stem if path.suffix else path.name
+    return safe_name(f"{base}_{split}" if split else base)
+
+
+def safe_name(label: str) -> str:
+    """``label`` with anything but letters, digits, ``.``, ``-``, ``_`` replaced (a file name)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "dataset"
 
 
 def build_source(ds: DatasetCfg, root: Path) -> Any:

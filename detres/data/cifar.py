@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from detres.data.catalog import DATASET_FORMATS
+from detres.utils.errors import InputError
 
 # (module, name) pairs a pickle of dicts, lists, str/bytes and numpy arrays may reference.
 _ALLOWED_GLOBALS = {
@@ -77,7 +78,7 @@ def load_pickle(path: Path) -> dict[bytes, Any]:
     except Exception as e:  # truncated / not a pickle
         raise OSError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+        raise InputError(f"{path}: expected a dict, got {type(obj).__name__}")
     return obj
 
 
@@ -110,10 +111,10 @@ class CifarSource:
 
     def __init__(self, root: str | Path, *, variant: str, split: str, name: str = "") -> None:
         if variant not in self.META:
-            raise ValueError(f"unknown CIFAR variant {variant!r}; choose cifar10 or cifar100")
+            raise InputError(f"unknown CIFAR variant {variant!r}; choose cifar10 or cifar100")
         split = split or "train"
         if (variant, split) not in self.FILES:
-            raise ValueError(f"{variant} {root}: unknown split {split!r}; choose train or test")
+            raise InputError(f"{variant} {root}: unknown split {split!r}; choose train or test")
         self.root = Path(root)
         self.variant, self.split = variant, split
         self.name = name or f"{variant}_{split}"
@@ -129,13 +130,13 @@ class CifarSource:
             data = np.asarray(_get(d, b"data", path))
             lab = np.asarray(_get(d, labels_key, path), dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-                raise ValueError(
+                raise InputError(
                     f"{path}: b'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}"
                 )
             if lab.shape != (data.shape[0],):
-                raise ValueError(f"{path}: {len(lab)} labels for {data.shape[0]} images")
+                raise InputError(f"{path}: {len(lab)} labels for {data.shape[0]} images")
             if lab.size and (lab.min() < 0 or lab.max() >= len(self.classes)):
-                raise ValueError(
+                raise InputError(
                     f"{path}: labels outside [0, {len(self.classes)}) "
                     f"(min {lab.min()}, max {lab.max()})"
                 )

@@ -25,6 +25,7 @@ from detres.data.cls_transforms import ClsTransform, build_cls_transform
 from detres.data.samplers import InferenceSampler
 from detres.data.sampling import InfiniteSampler, SeededDataset
 from detres.utils.dist import get_rank, get_world_size
+from detres.utils.errors import InputError
 
 
 class ClsSource(Protocol):
@@ -43,11 +44,11 @@ class ClsDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __init__(self, sources: Sequence[ClsSource], transform: ClsTransform | None) -> None:
         if not sources:
-            raise ValueError("no classification data sets given")
+            raise InputError("no classification data sets given")
         first = sources[0]
         for s in sources[1:]:
             if list(s.classes) != list(first.classes):
-                raise ValueError(
+                raise InputError(
                     f"data sets {getattr(first, 'name', first)!r} and {getattr(s, 'name', s)!r} "
                     f"have different classes ({len(first.classes)} vs {len(s.classes)}: "
                     f"{list(first.classes)[:5]}... vs {list(s.classes)[:5]}...)"
@@ -80,7 +81,7 @@ def build_cls_dataset(cfg: Config, train: bool) -> ClsDataset:
     """The ``cfg.data.train`` (or ``test``) sets, concatenated, with the cls_aug pipeline."""
     entries = cfg.data.train if train else cfg.data.test
     if not entries:
-        raise ValueError(f"config key 'data.{'train' if train else 'test'}' lists no data sets")
+        raise InputError(f"config key 'data.{'train' if train else 'test'}' lists no data sets")
     root = data_root(cfg)
     sources = [build_source(ds, root) for ds in entries]
     for ds, src in zip(entries, sources, strict=True):
@@ -94,7 +95,7 @@ def build_cls_dataset(cfg: Config, train: bool) -> ClsDataset:
     )
     ds = ClsDataset(sources, ClsTransform(compose))
     if cfg.model.num_classes < len(ds.classes):
-        raise ValueError(
+        raise InputError(
             f"config key 'model.num_classes' is {cfg.model.num_classes} but the data has "
             f"{len(ds.classes)} classes"
         )

@@ -26,6 +26,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from detres.config import ClsAugCfg
+from detres.utils.errors import InputError
 
 #: ImageNet statistics (torchvision's), RGB in [0, 1] units
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,14 +42,14 @@ AUG_KINDS = ("imagenet", "cifar", "none")
 
 def _check(aug: ClsAugCfg) -> None:
     if aug.kind not in AUG_KINDS:
-        raise ValueError(f"data.cls_aug.kind: {aug.kind!r} is not one of {list(AUG_KINDS)}")
+        raise InputError(f"data.cls_aug.kind: {aug.kind!r} is not one of {list(AUG_KINDS)}")
     for key in ("crop_size", "scale_min", "scale_max", "test_resize"):
         if getattr(aug, key) <= 0:
-            raise ValueError(f"data.cls_aug.{key}: must be positive, got {getattr(aug, key)}")
+            raise InputError(f"data.cls_aug.{key}: must be positive, got {getattr(aug, key)}")
     if aug.pad < 0:
-        raise ValueError(f"data.cls_aug.pad: must be >= 0, got {aug.pad}")
+        raise InputError(f"data.cls_aug.pad: must be >= 0, got {aug.pad}")
     if aug.kind == "imagenet" and aug.scale_min > aug.scale_max:
-        raise ValueError(f"data.cls_aug: scale_min ({aug.scale_min}) > scale_max ({aug.scale_max})")
+        raise InputError(f"data.cls_aug: scale_min ({aug.scale_min}) > scale_max ({aug.scale_max})")
 
 
 def geometric_transforms(aug: ClsAugCfg, train: bool) -> list[A.BasicTransform]:
@@ -107,7 +108,7 @@ def build_cls_transform(
     random state (albumentations 2 ignores the global numpy / random seeds).
     """
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"mean/std must be 3 values with std > 0, got {mean} / {std}")
+        raise InputError(f"mean/std must be 3 values with std > 0, got {mean} / {std}")
     ops = geometric_transforms(aug, train)
     ops += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(ops, seed=seed)

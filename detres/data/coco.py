@@ -33,11 +33,12 @@ from pycocotools.coco import COCO
 
 from detres.data.catalog import DATASET_FORMATS
 from detres.data.det_source import DetSource, Record
+from detres.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(InputError):
     """A COCO json file that does not follow the format."""
 
 

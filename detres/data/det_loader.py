@@ -35,6 +35,7 @@ from detres.data.det_transforms import (
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
 from detres.data.sampling import InfiniteSampler, SeededDataset
 from detres.utils.dist import get_rank, get_world_size
+from detres.utils.errors import InputError
 
 
 class DetDataset(Dataset):
@@ -72,7 +73,7 @@ def build_det_sources(cfg: Config, train: bool) -> list[DetSource]:
     sets = cfg.data.train if train else cfg.data.test
     key = "data.train" if train else "data.test"
     if not sets:
-        raise ValueError(f"{key}: no data sets configured")
+        raise InputError(f"{key}: no data sets configured")
     root = data_root(cfg)
     out = []
     for i, ds in enumerate(sets):
@@ -100,7 +101,7 @@ def worker_init(worker_id: int) -> None:
 
 def _check_classes(cfg: Config, src: DetSource) -> None:
     if cfg.model.num_classes != src.num_classes:
-        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the training data "
+        raise InputError(f"model.num_classes is {cfg.model.num_classes} but the training data "
                          f"{src.name!r} has {src.num_classes} classes: {src.class_names}")
 
 
@@ -115,7 +116,7 @@ def build_det_train_loader(cfg: Config, batch_size_per_process: int, *, start_it
     records = training_records(src.records, use_difficult=cfg.data.use_difficult,
                                filter_empty=cfg.data.filter_empty)
     if not records:
-        raise ValueError(f"training data {src.name!r} has no usable images "
+        raise InputError(f"training data {src.name!r} has no usable images "
                          f"({len(src.records)} records before filtering)")
     rank, world = get_rank(), get_world_size()
     seed = cfg.train.seed

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from detres.utils.errors import InputError
+
 Record = dict[str, Any]
 
 
@@ -42,7 +44,7 @@ class DetSource:
         """Contiguous labels 1..K -> the data set's category ids."""
         table = torch.tensor([0, *self.category_ids], dtype=torch.int64, device=labels.device)
         if len(labels) and (labels.min() < 1 or labels.max() > self.num_classes):
-            raise ValueError(f"{self.name}: labels must be in 1..{self.num_classes}, "
+            raise InputError(f"{self.name}: labels must be in 1..{self.num_classes}, "
                              f"got {labels.min().item()}..{labels.max().item()}")
         return table[labels.long()]
 
@@ -52,7 +54,7 @@ class DetSource:
         hit = category_ids.long()[:, None] == ids[None, :]  # (N, K)
         bad = ~hit.any(1)
         if bad.any():
-            raise ValueError(f"{self.name}: unknown category id "
+            raise InputError(f"{self.name}: unknown category id "
                              f"{category_ids[bad][0].item()}; known: {self.category_ids}")
         return hit.int().argmax(1) + 1
 
@@ -60,11 +62,11 @@ class DetSource:
 def concat_sources(sources: Sequence[DetSource]) -> DetSource:
     """One source from several (e.g. VOC 07+12) that share one class list."""
     if not sources:
-        raise ValueError("no detection sources to concatenate")
+        raise InputError("no detection sources to concatenate")
     first = sources[0]
     for s in sources[1:]:
         if s.class_names != first.class_names or s.category_ids != first.category_ids:
-            raise ValueError(
+            raise InputError(
                 f"cannot concatenate {first.name!r} and {s.name!r}: different class lists "
                 f"({first.class_names} / {first.category_ids} vs "
                 f"{s.class_names} / {s.category_ids})")

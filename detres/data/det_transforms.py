@@ -24,6 +24,7 @@ import torch
 
 from detres.config import InputCfg
 from detres.preprocess import boxes_to_resized, resize_image, resized_hw
+from detres.utils.errors import InputError
 
 
 @dataclass
@@ -53,11 +54,11 @@ def build_det_transform(input_cfg: InputCfg, *, train: bool,
     if train:
         sizes, max_size = list(input_cfg.min_size_train), input_cfg.max_size_train
         if not sizes:
-            raise ValueError("model.input.min_size_train: give at least one size")
+            raise InputError("model.input.min_size_train: give at least one size")
     else:
         sizes, max_size = [input_cfg.min_size_test], input_cfg.max_size_test
     if not 0.0 <= input_cfg.hflip_prob <= 1.0:
-        raise ValueError(f"model.input.hflip_prob: must be in [0, 1], got {input_cfg.hflip_prob}")
+        raise InputError(f"model.input.hflip_prob: must be in [0, 1], got {input_cfg.hflip_prob}")
     augment = None
     if train and input_cfg.hflip_prob > 0:
         augment = A.Compose([A.HorizontalFlip(p=input_cfg.hflip_prob)],
@@ -75,9 +76,9 @@ def load_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> 
         raise FileNotFoundError(f"image file {path} does not exist") from None
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:
-        raise ValueError(f"image file {path} could not be decoded (empty or broken)")
+        raise InputError(f"image file {path} could not be decoded (empty or broken)")
     if expected_hw is not None and img.shape[:2] != tuple(expected_hw):
-        raise ValueError(f"image file {path} is {img.shape[1]}x{img.shape[0]} (w x h) but its "
+        raise InputError(f"image file {path} is {img.shape[1]}x{img.shape[0]} (w x h) but its "
                          f"annotation says {expected_hw[1]}x{expected_hw[0]}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 

@@ -29,6 +29,7 @@ import torch
 
 from detres.data.catalog import DATASET_FORMATS
 from detres.data.det_source import DetSource, Record
+from detres.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ VOC_CLASSES: tuple[str, ...] = (
 )
 
 
-class VocFormatError(ValueError):
+class VocFormatError(InputError):
     """A VOC annotation file or image set that does not follow the format."""
 
 

@@ -26,6 +26,7 @@ from detres.evaluation import EVALUATORS
 from detres.modeling import build_backbone, load_pretrained
 from detres.utils.device import autocast_context
 from detres.utils.dist import is_dist
+from detres.utils.errors import InputError
 from detres.utils.logging import LOG, plot_curves
 
 
@@ -70,8 +71,9 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
     cfg, device = run.cfg, run.device
     val_ds = build_cls_dataset(cfg, train=False)
     if eval_only:
+        run.save_config()
         if not cfg.model.weights:
-            raise ValueError("--eval-only needs model.weights=CHECKPOINT")
+            raise InputError("--eval-only needs model.weights=CHECKPOINT")
         model = build_model(cfg, len(val_ds.classes)).to(device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -85,6 +87,7 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
             len(classes),
         )
         cfg.model.num_classes = len(classes)
+    run.save_config()  # after the data set the class count: OUT/config.yaml builds this model
     model = build_model(cfg, len(classes), finetune=True).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detres.config import Config
+from detres.data.catalog import safe_name
 from detres.data.det_loader import build_det_sources, build_det_test_loader, build_det_train_loader
 from detres.data.det_source import DetSource, concat_sources
 from detres.engine.checkpoint import unwrap
@@ -28,6 +29,7 @@ from detres.modeling import FasterRCNN, build_detector, load_pretrained
 from detres.preprocess import boxes_to_original
 from detres.utils.device import autocast_context
 from detres.utils.dist import get_world_size, is_main_process
+from detres.utils.errors import InputError
 from detres.utils.logging import LOG, plot_curves
 
 
@@ -35,7 +37,8 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None) -> Detec
     """The official scorer of a data set's format (``EVALUATORS``): pycocotools for COCO,
     the devkit rules for VOC."""
     if src.format == "coco":
-        results = out_dir / f"coco_results_{src.name}.json" if out_dir is not None else None
+        results = (out_dir / f"coco_results_{safe_name(src.name)}.json"
+                   if out_dir is not None else None)
         return EVALUATORS.build("coco", gt=src.coco, results_file=results)
     if src.format == "voc":
         gt = {}
@@ -48,7 +51,7 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None) -> Detec
         return EVALUATORS.build("voc", gt=gt, class_names=src.class_names,
                                 category_ids=src.category_ids, year=year,
                                 boxes_zero_based=True)
-    raise ValueError(f"data set {src.name!r}: no evaluator for format {src.format!r}")
+    raise InputError(f"data set {src.name!r}: no evaluator for format {src.format!r}")
 
 
 @torch.inference_mode()
@@ -91,7 +94,7 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     """Build the detector of ``cfg`` (weights from ``model.weights``) and score it on
     ``data.test[0]``."""
     if not cfg.model.weights:
-        raise ValueError("evaluation needs weights: --weights CKPT (or model.weights=CKPT)")
+        raise InputError("evaluation needs weights: --weights CKPT (or model.weights=CKPT)")
     model = build_detector(cfg)
     load_pretrained(model, cfg.model)  # strict: the whole detector
     model = model.to(device).eval()
@@ -105,9 +108,13 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
 
 
 def _check_model_classes(model: FasterRCNN, src: DetSource) -> None:
-    if model.num_classes != src.num_classes:
-        raise ValueError(f"the model has {model.num_classes} classes but {src.name!r} has "
-                         f"{src.num_classes}: {src.class_names}")
+    """The model and the data set it is scored on must share one class list."""
+    placeholder = [f"class_{i}" for i in range(1, model.num_classes + 1)]  # names never set
+    names = None if model.class_names == placeholder else model.class_names
+    if model.num_classes != src.num_classes or (names is not None and names != src.class_names):
+        raise InputError(
+            f"the model's classes ({model.num_classes}: {names or 'unnamed'}) and those of "
+            f"{src.name!r} ({src.num_classes}: {src.class_names}) disagree")
 
 
 def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
@@ -118,6 +125,7 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
         LOG.info("model.num_classes=%d -> %d (from %s)", cfg.model.num_classes,
                  train_src.num_classes, train_src.name)
         cfg.model.num_classes = train_src.num_classes
+    run.save_config()  # after the data set the class count: OUT/config.yaml builds this model
     model = build_detector(cfg)
     load_pretrained(model, cfg.model, finetune=True)
     model.set_classes(train_src.class_names, train_src.category_ids)

@@ -1,18 +1,25 @@
-"""What every tool does first: arguments, config, output directory, seeds, device, DDP."""
+"""What every tool does first: arguments, config, output directory, seeds, device, DDP; and
+how every tool ends on bad input: one line naming the file, key or value, exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import random
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from detres.config import Config, load_config, save_config
+from detres.config import Config, load_config, published_figures, save_config
+from detres.engine.trainer import NonFiniteLossError
 from detres.utils.device import resolve_device
 from detres.utils.dist import get_rank, get_world_size, init_distributed, is_main_process
+from detres.utils.errors import InputError
 from detres.utils.logging import LOG, setup_logging
 
 
@@ -29,8 +36,42 @@ def train_argparser(description: str, default_cfg: str) -> argparse.ArgumentPars
     p.add_argument("--resume-from", default=None, metavar="CKPT",
                    help="continue from this checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate cfg model.weights and exit")
+    add_debug_flag(p)
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     return p
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true",
+                   help="on bad input, show the Python traceback instead of one line")
+
+
+#: the user's input being wrong, not a bug: reported in one line (see :func:`run_cli`)
+USER_ERRORS = (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError, NonFiniteLossError)
+
+
+def error_line(e: BaseException) -> str:
+    """The message of ``e`` as one line; for an error re-raised from a DataLoader worker, the
+    original error's own message rather than the worker's traceback."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = re.sub(r"^[\w.]+: ", "", last.strip())
+    return " ".join(text.split()) or type(e).__name__
+
+
+def run_cli(prog: str, body: Callable[[], int], *, debug: bool = False) -> int:
+    """Run a tool's body: bad input (:data:`USER_ERRORS`) prints ``prog: error: <one line>``
+    and returns 2 (with ``debug``: raises, for the traceback); anything else is a bug and
+    keeps its traceback."""
+    try:
+        return body()
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
+        return 2
 
 
 def resume_arg(args: argparse.Namespace) -> str | None:
@@ -44,6 +85,16 @@ class Run:
     out_dir: Path
     device: torch.device
     distributed: bool
+
+    def save_config(self) -> None:
+        """Write ``OUT/config.yaml`` (rank 0): the config of the model being trained, once
+        the data have settled what the config left open (the class count)."""
+        if is_main_process():
+            save_config(self.cfg, self.out_dir)
+
+    def published(self) -> dict[str, Any]:
+        """The config's published figures, when they belong to the evaluated set."""
+        return published_figures(self.cfg)
 
 
 def seed_all(seed: int) -> None:
@@ -61,13 +112,11 @@ def setup_run(args: argparse.Namespace) -> Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     setup_logging(out_dir)
-    if is_main_process():
-        save_config(cfg, out_dir)
     seed_all(cfg.train.seed + get_rank())
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if cfg.solver.batch_size % get_world_size():
-        raise ValueError(
+        raise InputError(
             f"solver.batch_size={cfg.solver.batch_size} is not divisible by the "
             f"world size {get_world_size()}"
         )

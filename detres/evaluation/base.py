@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from detres.utils.dist import all_gather_object, is_main_process
+from detres.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ def as_prediction(p: Mapping[str, Any]) -> Prediction:
     scores = to_numpy(p["scores"], np.float64).reshape(-1)
     labels = to_numpy(p["labels"], np.int64).reshape(-1)
     if not len(boxes) == len(scores) == len(labels):
-        raise ValueError(f"prediction for image {image_id!r}: {len(boxes)} boxes, "
+        raise InputError(f"prediction for image {image_id!r}: {len(boxes)} boxes, "
                          f"{len(scores)} scores, {len(labels)} labels (must be equal)")
     if not np.isfinite(boxes).all() or not np.isfinite(scores).all():
-        raise ValueError(f"prediction for image {image_id!r} has non-finite boxes or scores")
+        raise InputError(f"prediction for image {image_id!r} has non-finite boxes or scores")
     bad = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
     if len(bad):
-        raise ValueError(f"prediction for image {image_id!r}: box {boxes[bad[0]].tolist()} has "
+        raise InputError(f"prediction for image {image_id!r}: box {boxes[bad[0]].tolist()} has "
                          "x2 < x1 or y2 < y1 (expected x1, y1, x2, y2)")
     return {"image_id": image_id, "boxes": boxes, "scores": scores, "labels": labels}
 

@@ -26,6 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detres.evaluation.base import DetectionEvaluator, Prediction
+from detres.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +74,18 @@ def check_coco_results(results: list[Any], coco_gt: COCO, source: str = "results
     """Raise a ``ValueError`` naming ``source[index]`` and the id for an entry of a results list
     that pycocotools would reject or silently mis-score."""
     if not isinstance(results, list):
-        raise ValueError(f"{source}: expected a list of detections, got {type(results).__name__}")
+        raise InputError(f"{source}: expected a list of detections, got {type(results).__name__}")
     keys = ("image_id", "category_id", "bbox", "score")
     for n, r in enumerate(results):  # cheap key check first, for a precise message
         if not isinstance(r, dict) or any(k not in r for k in keys):
-            raise ValueError(f"{source}[{n}]: expected an object with keys {', '.join(keys)}, "
+            raise InputError(f"{source}[{n}]: expected an object with keys {', '.join(keys)}, "
                              f"got {r!r:.200}")
     for key, known in (("image_id", coco_gt.getImgIds()), ("category_id", coco_gt.getCatIds())):
         values, known_set = [r[key] for r in results], set(known)
         ok = np.asarray([v in known_set for v in values], bool)
         if not ok.all():
             n = int(np.flatnonzero(~ok)[0])
-            raise ValueError(f"{source}[{n}]: unknown {key} {values[n]!r} "
+            raise InputError(f"{source}[{n}]: unknown {key} {values[n]!r} "
                              "(not in the ground truth)")
     try:
         boxes = np.asarray([r["bbox"] for r in results], np.float64).reshape(len(results), 4)
@@ -92,14 +93,14 @@ def check_coco_results(results: list[Any], coco_gt: COCO, source: str = "results
     except (ValueError, TypeError):
         for n, r in enumerate(results):
             if np.asarray(r["bbox"]).shape != (4,) or not isinstance(r["score"], int | float):
-                raise ValueError(f"{source}[{n}]: bbox must be 4 numbers [x, y, w, h] and score "
+                raise InputError(f"{source}[{n}]: bbox must be 4 numbers [x, y, w, h] and score "
                                  f"a number, got {r!r:.200}") from None
         raise
     bad = np.flatnonzero((boxes[:, 2:] < 0).any(axis=1) | ~np.isfinite(boxes).all(axis=1)
                          | ~np.isfinite(scores))
     if len(bad):
         n = int(bad[0])
-        raise ValueError(f"{source}[{n}] (image_id {results[n]['image_id']}): bad bbox "
+        raise InputError(f"{source}[{n}] (image_id {results[n]['image_id']}): bad bbox "
                          f"{results[n]['bbox']} or score (negative width/height, i.e. x2 < x1, "
                          "or not finite)")
 
@@ -150,7 +151,7 @@ def evaluate_coco_results(coco_gt: COCO | str | os.PathLike[str],
         try:
             results = json.loads(Path(results).read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not valid JSON: {e}") from None
+            raise InputError(f"{source}: not valid JSON: {e}") from None
     check_coco_results(results, coco_gt, source)
     with quiet_pycocotools():
         if results:

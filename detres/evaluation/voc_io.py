@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from detres.evaluation.voc import VOC_CLASSES
+from detres.utils.errors import InputError
 
 #: (image index, class index, score, box) per detection.
 FlatDetections = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -43,20 +44,20 @@ def _parse_xml(path: Path) -> dict[str, Any]:
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, FileNotFoundError) as e:
-        raise ValueError(f"{path}: cannot read VOC annotation: {e}") from None
+        raise InputError(f"{path}: cannot read VOC annotation: {e}") from None
     boxes, labels, difficult = [], [], []
     for n, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
         box = obj.find("bndbox")
         try:
             if not name or box is None:
-                raise ValueError("no name or no bndbox")
+                raise InputError("no name or no bndbox")
             xyxy = [float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
             diff = int((obj.findtext("difficult") or "0").strip() or 0)
         except ValueError as e:
-            raise ValueError(f"{path}: object {n} ({name or '?'}): malformed: {e}") from None
+            raise InputError(f"{path}: object {n} ({name or '?'}): malformed: {e}") from None
         if not np.isfinite(xyxy).all() or xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
-            raise ValueError(f"{path}: object {n} ({name}): bad box {xyxy} (missing coordinate "
+            raise InputError(f"{path}: object {n} ({name}): bad box {xyxy} (missing coordinate "
                              "or xmax < xmin / ymax < ymin)")
         boxes.append(xyxy)
         labels.append(name)
@@ -84,7 +85,7 @@ def voc_class_names(voc_root: str | Path, records: Sequence[dict[str, Any]]) -> 
     if f.is_file():
         names = tuple(ln.strip() for ln in f.read_text().splitlines() if ln.strip())
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"{f}: expected one unique class name per line")
+            raise InputError(f"{f}: expected one unique class name per line")
         return names
     found = {name for r in records for name in r["labels"]}
     return VOC_CLASSES if found <= set(VOC_CLASSES) else tuple(sorted(found))
@@ -95,7 +96,7 @@ def _lookup_images(names: list[str], image_index: dict[str, int], where: list[st
     idx = np.asarray([image_index.get(n, -1) for n in names], np.int64)
     bad = np.flatnonzero(idx < 0)
     if len(bad):
-        raise ValueError(f"{where[bad[0]]}: unknown image id {names[bad[0]]!r} (not in the "
+        raise InputError(f"{where[bad[0]]}: unknown image id {names[bad[0]]!r} (not in the "
                          f"{split!r} image set)")
     return idx
 
@@ -103,7 +104,7 @@ def _lookup_images(names: list[str], image_index: dict[str, int], where: list[st
 def _check_boxes(boxes: np.ndarray, where: list[str]) -> None:
     bad = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
     if len(bad):
-        raise ValueError(f"{where[bad[0]]}: box {boxes[bad[0]].tolist()} has x2 < x1 or y2 < y1")
+        raise InputError(f"{where[bad[0]]}: box {boxes[bad[0]].tolist()} has x2 < x1 or y2 < y1")
 
 
 def _read_result_dir(path: Path, split: str, image_index: dict[str, int],
@@ -116,13 +117,13 @@ def _read_result_dir(path: Path, split: str, image_index: dict[str, int],
     for f in files:
         cls = f.stem.split(tag, 1)[1]
         if cls not in class_names:  # the file name's class
-            raise ValueError(f"{f}: unknown class {cls!r}; known: {', '.join(class_names)}")
+            raise InputError(f"{f}: unknown class {cls!r}; known: {', '.join(class_names)}")
         lines = [(n + 1, ln.split()) for n, ln in enumerate(f.read_text().splitlines())
                  if ln.strip()]
         where = [f"{f}:{n}" for n, _ in lines]
         for w, (_, parts) in zip(where, lines, strict=True):
             if len(parts) != 6:
-                raise ValueError(f"{w}: expected 'image_id score x1 y1 x2 y2', got "
+                raise InputError(f"{w}: expected 'image_id score x1 y1 x2 y2', got "
                                  f"{' '.join(parts)!r}")
         try:
             values = np.asarray([p[1:] for _, p in lines], np.float64).reshape(-1, 5)
@@ -131,7 +132,7 @@ def _read_result_dir(path: Path, split: str, image_index: dict[str, int],
                 try:
                     [float(v) for v in parts[1:]]
                 except ValueError:
-                    raise ValueError(f"{w}: non-numeric value in {' '.join(parts)!r}") from None
+                    raise InputError(f"{w}: non-numeric value in {' '.join(parts)!r}") from None
             raise
         _check_boxes(values[:, 1:], where)
         img = _lookup_images([p[0] for _, p in lines], image_index, where, split)
@@ -146,37 +147,37 @@ def _read_result_json(path: Path, split: str, image_index: dict[str, int],
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+        raise InputError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of detections, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a JSON list of detections, got {type(data).__name__}")
     names, cls, scores, boxes = [], [], [], []
     class_index = {c: i for i, c in enumerate(class_names)}
     for n, d in enumerate(data):
         w = f"{path}[{n}]"
         try:
             if not isinstance(d, dict):
-                raise ValueError(f"expected an object, got {d!r}")
+                raise InputError(f"expected an object, got {d!r}")
             names.append(str(d["image_id"]))
             if "category" in d:
                 if d["category"] not in class_index:
-                    raise ValueError(f"unknown class {d['category']!r}; known: "
+                    raise InputError(f"unknown class {d['category']!r}; known: "
                                      f"{', '.join(class_names)}")
                 cls.append(class_index[d["category"]])
             else:
                 k = int(d["category_id"])
                 if not 1 <= k <= len(class_names):
-                    raise ValueError(f"unknown category_id {k} (1..{len(class_names)})")
+                    raise InputError(f"unknown category_id {k} (1..{len(class_names)})")
                 cls.append(k - 1)
             scores.append(float(d["score"]))
             b = [float(v) for v in (d["box"] if "box" in d else d["bbox"])]
             if len(b) != 4:
-                raise ValueError(f"box {b} does not have 4 numbers")
+                raise InputError(f"box {b} does not have 4 numbers")
             boxes.append(b if "box" in d else [b[0], b[1], b[0] + b[2], b[1] + b[3]])
         except KeyError as e:
-            raise ValueError(f"{w}: missing key {e} (need image_id, category or category_id, "
+            raise InputError(f"{w}: missing key {e} (need image_id, category or category_id, "
                              "score, box or bbox)") from None
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{w}: {e}") from None
+            raise InputError(f"{w}: {e}") from None
     where = [f"{path}[{n}]" for n in range(len(data))]
     box_arr = np.asarray(boxes, np.float64).reshape(-1, 4)
     _check_boxes(box_arr, where)

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from detres.utils.errors import InputError
 
-class CheckpointReadError(ValueError):
+
+class CheckpointReadError(InputError):
     """A file that cannot be read as a checkpoint (truncated, not a torch file, or a pickle
     that names code); the message names the file."""
 

@@ -27,6 +27,7 @@ from detres.modeling.backbones.base import Backbone, ShapeSpec, convert_frozen_b
 from detres.modeling.backbones.preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
 from detres.modeling.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from detres.registry import Registry
+from detres.utils.errors import OptionError
 
 BACKBONES = Registry("backbone")
 
@@ -95,7 +96,7 @@ def _resnet_builder(name: str, spec: ResNetSpec) -> Callable[..., Backbone]:
     def build(**options: Any) -> Backbone:
         unknown = sorted(set(options) - set(spec.options))
         if unknown:
-            raise TypeError(f"backbone {name!r} takes no option(s) {unknown}; its options: "
+            raise OptionError(f"backbone {name!r} takes no option(s) {unknown}; its options: "
                             f"{sorted(spec.options)}")
         kw = {**spec.options, **options}
         if "shortcut" not in spec.options:
@@ -127,7 +128,7 @@ def build_by_name(name: str, **options: Any) -> Backbone:
     known = builder_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise TypeError(
+        raise OptionError(
             f"backbone {name!r} takes no option(s) {unknown}; its options: {sorted(known)}"
         )
     model = BACKBONES.build(name, **options)

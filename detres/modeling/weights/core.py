@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from detres.config import ModelCfg
 from detres.modeling.backbones import BACKBONES, builder_options
 from detres.modeling.faster_rcnn import FasterRCNN
+from detres.utils.errors import InputError
 from detres.utils.io import CheckpointReadError, read_checkpoint
 
 LOG = logging.getLogger("detres")
@@ -58,7 +59,7 @@ _TORCHVISION_RESNET = re.compile(r"^(resnet|resnext|wide_resnet)\d+.*-[0-9a-f]{8
 POLICIES = ("strict", "trunk", "partial")
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weight file that cannot be read or does not fit the model; names the file."""
 
 
