@@ -166,6 +166,8 @@ class DataCfg:
     aspect_ratio_grouping: bool = True
     filter_empty: bool = True  # detection: drop training images without objects
     use_difficult: bool = False  # VOC: keep difficult objects for training
+    # Detection: a box partly outside its image is clipped (with a warning); true: an error.
+    strict_boxes: bool = False
     cls_aug: ClsAugCfg = field(default_factory=ClsAugCfg)
 
 

@@ -4,6 +4,7 @@ published layouts (as fixtures; test files do not import each other)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import pickle
 import sys
 from collections.abc import Callable, Iterator
@@ -113,6 +114,58 @@ def write_imagefolder(root: Path, classes: list[str], per_class: int, size: int 
             img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
             assert cv2.imwrite(str(root / name / f"{i:03d}{suffix}"), img)
     return root
+
+
+SHAPES = ["rectangle", "circle", "triangle", "ellipse"]
+
+
+def write_shapes_coco(root: Path, *, num_train: int = 12, num_val: int = 6, seed: int = 0,
+                      size: tuple[int, int] = (192, 256), overhang: int = 7) -> Path:
+    """A custom COCO set like ``skimage.draw.random_shapes`` makes: 4 classes (category ids
+    1..4), 1-3 filled shapes per 192x256 image on white, and, as random_shapes does, boxes
+    that may extend up to ``overhang`` pixels past the border. Writes ``root/train.json``,
+    ``root/val.json`` and the images under ``root/train/`` and ``root/val/``."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(SHAPES)]
+    ann_id = 0
+    for split, n in (("train", num_train), ("val", num_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        images, anns = [], []
+        for i in range(n):
+            img = np.full((h, w, 3), 255, np.uint8)
+            for _ in range(int(rng.integers(1, 4))):
+                c = int(rng.integers(0, 4))
+                bw, bh = (int(v) for v in rng.integers(24, 90, 2))
+                x1 = int(rng.integers(-overhang, w - bw + overhang + 1))
+                y1 = int(rng.integers(-overhang, h - bh + overhang + 1))
+                colour = tuple(int(v) for v in rng.integers(0, 200, 3))
+                if SHAPES[c] == "rectangle":
+                    cv2.rectangle(img, (x1, y1), (x1 + bw, y1 + bh), colour, -1)
+                elif SHAPES[c] == "circle":
+                    cv2.circle(img, (x1 + bw // 2, y1 + bw // 2), bw // 2, colour, -1)
+                    bh = bw
+                elif SHAPES[c] == "triangle":
+                    pts = np.array([[x1 + bw // 2, y1], [x1, y1 + bh], [x1 + bw, y1 + bh]])
+                    cv2.fillPoly(img, [pts.astype(np.int32)], colour)
+                else:
+                    cv2.ellipse(img, (x1 + bw // 2, y1 + bh // 2), (bw // 2, bh // 2), 0, 0,
+                                360, colour, -1)
+                ann_id += 1
+                anns.append({"id": ann_id, "image_id": i + 1, "category_id": c + 1,
+                             "bbox": [x1, y1, bw, bh], "area": bw * bh, "iscrowd": 0})
+            name = f"{split}_{i:03d}.png"
+            assert cv2.imwrite(str(root / split / name), img)
+            images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+        (root / f"{split}.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                        "categories": cats}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_writer() -> Callable[..., Path]:
+    """:func:`write_shapes_coco`."""
+    return write_shapes_coco
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ from detres.data.coco import CocoFormatError, load_coco_json
 from detres.data.collate import collate_detection
 from detres.data.det_loader import build_det_test_loader, build_det_train_loader
 from detres.data.det_source import DetSource, concat_sources, training_records
-from detres.data.det_transforms import apply_det_transform, build_det_transform, load_image
+from detres.data.det_transforms import apply_det_transform, build_det_transform
+from detres.data.image_io import load_image
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
 from detres.data.sampling import InfiniteSampler
 from detres.data.voc import VOC_CLASSES, VocFormatError, load_voc, to_voc_boxes
@@ -110,8 +111,8 @@ def test_coco_clips_within_one_pixel(tmp_path: Path) -> None:
 def test_coco_malformed_annotation_names_file_and_id(tmp_path: Path, ann: dict[str, Any],
                                                      msg: str) -> None:
     a = {"id": 9, "image_id": 10, "category_id": 2, "bbox": [1, 2, 3, 4], **ann}
-    with pytest.raises(CocoFormatError, match=r"instances\.json: " + msg):
-        load_coco_json(_coco(tmp_path, anns=[a]), tmp_path)
+    with pytest.raises(CocoFormatError, match=r"instances\.json: " + msg):  # strict: outside too
+        load_coco_json(_coco(tmp_path, anns=[a]), tmp_path, strict_boxes=True)
 
 
 def test_coco_malformed_image_and_missing_key(tmp_path: Path) -> None:
@@ -188,8 +189,8 @@ def test_voc_classes_difficult_and_one_based(tmp_path: Path) -> None:
 ])
 def test_voc_malformed_names_file(tmp_path: Path, xml: str, msg: str) -> None:
     root = _voc(tmp_path, extra={"bad_one": xml})
-    with pytest.raises(VocFormatError, match=r"bad_one\.xml: .*" + msg):
-        load_voc(root, "trainval")
+    with pytest.raises(VocFormatError, match=r"bad_one\.xml: .*" + msg):  # strict: outside too
+        load_voc(root, "trainval", strict_boxes=True)
 
 
 def test_voc_0712_concat_and_class_mismatch(tmp_path: Path) -> None:

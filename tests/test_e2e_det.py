@@ -186,7 +186,7 @@ def test_list_images_and_drawing(tmp_path: Path) -> None:
     assert kept["labels"].tolist() == [7]
     drawn = draw_detections(image, kept, Model(), width=1)  # type: ignore[arg-type]
     assert drawn.dtype == torch.uint8 and drawn.shape == (3, 40, 60)
-    assert drawn[:, 6, 5:31].sum() > 0 and drawn[:, 20, 10:25].sum() == 0  # edge, not inside
+    assert drawn[:, 34, 5:31].sum() > 0 and drawn[:, 30, 10:25].sum() == 0  # edge, not inside
     empty = keep_scores(det, 0.95)
     assert torch.equal(draw_detections(image, empty, Model()), image.byte())  # type: ignore[arg-type]
 

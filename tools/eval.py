@@ -124,7 +124,7 @@ def parse_published(items: list[str], parser: argparse.ArgumentParser) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     modes = [bool(args.cfg or args.weights), args.coco_gt is not None, args.voc_root is not None]
     if sum(modes) != 1:
         parser.error("choose one mode: --cfg/--weights, --coco-gt, or --voc-root")

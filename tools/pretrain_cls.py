@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = train_argparser(__doc__.splitlines()[1], "cls_demo.yaml").parse_args(argv)
+    args = train_argparser(__doc__.splitlines()[1], "cls_demo.yaml").parse_intermixed_args(argv)
     return run_cli("pretrain_cls.py", lambda: run(args), debug=args.debug)
 
 

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = train_argparser(__doc__.splitlines()[0], "demo.yaml").parse_args(argv)
+    args = train_argparser(__doc__.splitlines()[0], "demo.yaml").parse_intermixed_args(argv)
     return run_cli("train_det.py", lambda: run(args), debug=args.debug)
 
 

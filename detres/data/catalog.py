@@ -111,6 +111,21 @@ CATALOG: dict[str, dict[str, Any]] = {
 }
 
 
+DETECTION_FORMATS = ("coco", "voc")
+
+
+def format_of(ds: DatasetCfg) -> str:
+    """The format of a catalog name or a custom set (nothing is read or generated)."""
+    if ds.format:
+        return ds.format
+    if ds.name not in CATALOG:
+        raise UnknownNameError(
+            f"unknown dataset {ds.name!r}; catalog names: {', '.join(sorted(CATALOG))}"
+            " (or give format/path for a custom set)"
+        )
+    return str(CATALOG[ds.name]["format"])
+
+
 def resolve(ds: DatasetCfg, root: Path) -> tuple[str, Path, Path | None, str, str]:
     """(format, path, images, split, label) for a catalog name or a custom set."""
     if ds.format:
@@ -148,7 +163,9 @@ def safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "dataset"
 
 
-def build_source(ds: DatasetCfg, root: Path) -> Any:
-    """The raw data source (records or samples, before transforms) for one data set."""
+def build_source(ds: DatasetCfg, root: Path, **options: Any) -> Any:
+    """The raw data source (records or samples, before transforms) for one data set;
+    ``options`` go to the format's builder (detection: ``strict_boxes``)."""
     fmt, path, images, split, label = resolve(ds, root)
-    return DATASET_FORMATS.get(fmt)(path=path, images=images, split=split, name=label)
+    return DATASET_FORMATS.get(fmt)(path=path, images=images, split=split, name=label,
+                                    **options)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from detres.data.catalog import DATASET_FORMATS
-from detres.utils.errors import InputError
+from detres.utils.errors import FileReadError, InputError
 
 # (module, name) pairs a pickle of dicts, lists, str/bytes and numpy arrays may reference.
 _ALLOWED_GLOBALS = {
@@ -76,7 +76,7 @@ def load_pickle(path: Path) -> dict[bytes, Any]:
     except UnsafePickleError:
         raise
     except Exception as e:  # truncated / not a pickle
-        raise OSError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from None
+        raise FileReadError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict, got {type(obj).__name__}")
     return obj

@@ -9,12 +9,16 @@ kept, with or without objects (training drops empty ones later, see
 Checks, each an error naming the json file and the image or annotation id: a missing
 ``file_name``/``height``/``width``, a duplicate image id, an annotation without ``bbox`` /
 ``image_id`` / ``category_id``, a bbox that is not 4 finite numbers, a negative width or
-height, a box outside its image by more than one pixel, an unknown category or image id.
-Boxes within that one-pixel tolerance are clipped to the image.
+height, an unknown category or image id.
 
-Zero-area boxes (w or h = 0 after clipping) are dropped from the records with one warning
-per file listing their annotation ids: they carry no box to learn (IoU with anything is 0)
-and COCO itself has a handful. They stay in ``source.coco``, so evaluation is unaffected.
+Boxes partly outside their image are clipped to it, as torchvision's references and
+Detectron2 do (sets drawn with ``skimage.draw.random_shapes`` have boxes a few pixels past
+the border); with ``strict_boxes`` (``data.strict_boxes=true``) a box outside by more than
+one pixel is an error instead. Boxes left with zero area (w or h = 0 after clipping) are
+dropped from the records: they carry no box to learn (IoU with anything is 0) and COCO itself
+has a handful. One warning per file gives the counts and the first annotation ids; the
+source keeps the counts (``clipped``, ``dropped``) for the data set summary. Dropped boxes
+stay in ``source.coco``, so evaluation is unaffected.
 """
 
 from __future__ import annotations
@@ -141,19 +145,22 @@ def _annotation_arrays(
 
 
 def _check_boxes(
-    a: dict[str, np.ndarray], images: list[dict[str, Any]], json_file: Path
-) -> np.ndarray:
-    """Validate (x, y, w, h) against the image sizes; returns clipped (x1, y1, x2, y2)."""
+    a: dict[str, np.ndarray], images: list[dict[str, Any]], json_file: Path, strict: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (x, y, w, h) against the image sizes; returns the clipped (x1, y1, x2, y2)
+    and a mask of the boxes that extended past their image by more than a pixel."""
     b = a["boxes"]
     hw = np.array([[im["height"], im["width"]] for im in images], dtype=np.float64)
     h, w = hw[a["img"], 0], hw[a["img"], 1]
     x1, y1 = b[:, 0], b[:, 1]
     x2, y2 = x1 + b[:, 2], y1 + b[:, 3]
+    outside = (x1 < -1) | (y1 < -1) | (x2 > w + 1) | (y2 > h + 1)
     checks = [
         (~np.isfinite(b).all(1), "bbox has non-finite values"),
         ((b[:, 2] < 0) | (b[:, 3] < 0), "negative width or height"),
-        ((x1 < -1) | (y1 < -1) | (x2 > w + 1) | (y2 > h + 1), "box outside the image"),
     ]
+    if strict:
+        checks.append((outside, "box outside the image (data.strict_boxes=true)"))
     for bad, what in checks:
         idx = np.flatnonzero(bad)
         if len(idx):
@@ -164,11 +171,16 @@ def _check_boxes(
                 f"{im['width']}x{im['height']}): {what}: bbox {b[i].tolist()}"
                 + (f" ({len(idx)} such annotations)" if len(idx) > 1 else ""))
     out = np.stack([x1.clip(0, w), y1.clip(0, h), x2.clip(0, w), y2.clip(0, h)], axis=1)
-    return out
+    return out, outside
+
+
+def _ids(ids: list[Any], n: int = 5) -> str:
+    return ", ".join(map(str, ids[:n])) + (" ..." if len(ids) > n else "")
 
 
 def load_coco_json(
-    json_file: str | Path, image_root: str | Path | None = None, *, name: str = ""
+    json_file: str | Path, image_root: str | Path | None = None, *, name: str = "",
+    strict_boxes: bool = False,
 ) -> DetSource:
     """Records for every image of a COCO json file (images under ``image_root``, by default
     the json file's directory)."""
@@ -178,14 +190,20 @@ def load_coco_json(
     cat_ids, class_names = _categories(data, json_file)
     images, img_index = _images(data, json_file)
     a = _annotation_arrays(data["annotations"], json_file, img_index, cat_ids)
-    xyxy = _check_boxes(a, images, json_file)
+    xyxy, outside = _check_boxes(a, images, json_file, strict_boxes)
 
     degenerate = (xyxy[:, 2] <= xyxy[:, 0]) | (xyxy[:, 3] <= xyxy[:, 1])
+    clipped = outside & ~degenerate
+    notes = []
     if degenerate.any():
-        ids = a["ann_ids"][degenerate].tolist()
-        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
-        warnings.warn(f"{json_file}: dropped {len(ids)} zero-area box(es), annotation ids "
-                      f"{shown}", stacklevel=2)
+        notes.append(f"dropped {int(degenerate.sum())} zero-area box(es) (after clipping to "
+                     f"the image), annotation ids {_ids(a['ann_ids'][degenerate].tolist())}")
+    if clipped.any():
+        notes.append(f"clipped {int(clipped.sum())} box(es) extending past their image by "
+                     f"more than 1 px, annotation ids {_ids(a['ann_ids'][clipped].tolist())} "
+                     "(data.strict_boxes=true makes this an error)")
+    if notes:
+        warnings.warn(f"{json_file}: " + "; ".join(notes), stacklevel=2)
     keep = ~degenerate
     img = a["img"][keep]
     order = np.argsort(img, kind="stable")
@@ -216,11 +234,12 @@ def load_coco_json(
     logger.info("%s: %d images, %d boxes, %d classes", json_file, len(records), len(boxes),
                 len(cat_ids))
     return DetSource(name=name or str(json_file), format="coco", records=records,
-                     class_names=class_names, category_ids=cat_ids, path=json_file, coco=coco)
+                     class_names=class_names, category_ids=cat_ids, path=json_file, coco=coco,
+                     clipped=int(clipped.sum()), dropped=int(degenerate.sum()))
 
 
 @DATASET_FORMATS.register("coco")
 def build_coco_source(*, path: Path, images: Path | None, split: str = "",
-                      name: str = "") -> DetSource:
+                      name: str = "", strict_boxes: bool = False) -> DetSource:
     """Catalog builder: ``path`` is the json file, ``images`` the image directory."""
-    return load_coco_json(path, images, name=name)
+    return load_coco_json(path, images, name=name, strict_boxes=strict_boxes)

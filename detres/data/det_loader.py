@@ -23,15 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from detres.config import Config, data_root
-from detres.data.catalog import build_source
+from detres.data.catalog import DETECTION_FORMATS, build_source, format_of
 from detres.data.collate import make_collate
 from detres.data.det_source import DetSource, Record, concat_sources, training_records
-from detres.data.det_transforms import (
-    DetTransform,
-    apply_det_transform,
-    build_det_transform,
-    load_image,
-)
+from detres.data.det_transforms import DetTransform, apply_det_transform, build_det_transform
+from detres.data.image_io import load_image
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
 from detres.data.sampling import InfiniteSampler, SeededDataset
 from detres.utils.dist import get_rank, get_world_size
@@ -77,11 +73,11 @@ def build_det_sources(cfg: Config, train: bool) -> list[DetSource]:
     root = data_root(cfg)
     out = []
     for i, ds in enumerate(sets):
-        src = build_source(ds, root)
-        if not isinstance(src, DetSource):
-            raise TypeError(f"{key}[{i}] ({ds.name or ds.path!r}) is a "
-                            f"{type(src).__name__}, not a detection source (COCO or VOC)")
-        out.append(src)
+        fmt = format_of(ds)
+        if fmt not in DETECTION_FORMATS:
+            raise InputError(f"{key}[{i}] ({ds.name or ds.path!r}) is a {fmt!r} set, not a "
+                             f"detection set ({' or '.join(DETECTION_FORMATS)})")
+        out.append(build_source(ds, root, strict_boxes=cfg.data.strict_boxes))
     return out
 
 

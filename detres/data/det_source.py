@@ -35,10 +35,30 @@ class DetSource:
     split: str = ""  # VOC image set
     year: str = ""  # VOC: "2007" / "2012" from the directory name ("" for custom sets)
     coco: Any = None  # COCO: the pycocotools COCO object for the evaluator
+    clipped: int = 0  # boxes clipped to their image when loading
+    dropped: int = 0  # boxes dropped when loading (zero area after clipping)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def summary(self) -> str:
+        """One line: images, objects per class, images without objects, crowd and difficult
+        boxes, and what loading clipped or dropped."""
+        counts = torch.zeros(self.num_classes + 1, dtype=torch.int64)
+        empty = crowd = difficult = 0
+        for r in self.records:
+            counts += torch.bincount(r["classes"], minlength=self.num_classes + 1)
+            empty += int(len(r["classes"]) == 0)
+            crowd += int(r["iscrowd"].sum())
+            difficult += int(r["difficult"].sum())
+        per_class = ", ".join(f"{n} {int(c)}" for n, c in zip(self.class_names, counts[1:],
+                                                              strict=True))
+        extra = [f"{v} {k}" for k, v in (("crowd", crowd), ("difficult", difficult)) if v]
+        return (f"{self.name} ({self.format}): {len(self.records)} images, {int(counts.sum())} "
+                f"objects ({per_class}){''.join(', ' + e for e in extra)}; {empty} images "
+                f"without objects; {self.clipped} boxes clipped to their image, "
+                f"{self.dropped} dropped as empty")
 
     def to_category_ids(self, labels: torch.Tensor) -> torch.Tensor:
         """Contiguous labels 1..K -> the data set's category ids."""

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 
@@ -65,22 +63,6 @@ def build_det_transform(input_cfg: InputCfg, *, train: bool,
                             bbox_params=A.BboxParams(format="pascal_voc",
                                                      label_fields=["box_index"]), seed=seed)
     return DetTransform(augment, [int(s) for s in sizes], int(max_size), input_cfg.resize_rule)
-
-
-def load_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file with cv2 as ``HxWx3`` uint8 RGB; a missing or undecodable file, or
-    one whose size differs from the annotation's, is an error naming the file."""
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)  # unlike imread, non-ASCII paths work
-    except (FileNotFoundError, IsADirectoryError):
-        raise FileNotFoundError(f"image file {path} does not exist") from None
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if img is None:
-        raise InputError(f"image file {path} could not be decoded (empty or broken)")
-    if expected_hw is not None and img.shape[:2] != tuple(expected_hw):
-        raise InputError(f"image file {path} is {img.shape[1]}x{img.shape[0]} (w x h) but its "
-                         f"annotation says {expected_hw[1]}x{expected_hw[0]}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -10,32 +10,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from detres.data.catalog import DATASET_FORMATS
+from detres.data.image_io import load_image
 
 #: torchvision's ``IMG_EXTENSIONS`` (matched case-insensitively)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image file to an ``HxWx3`` uint8 RGB array (grey and RGBA become RGB).
-
-    Raises ``FileNotFoundError`` for a missing file and ``OSError`` for one OpenCV cannot
-    decode, both naming the file.
-    """
-    p = Path(path)
-    try:
-        buf = np.fromfile(p, dtype=np.uint8)  # unlike cv2.imread, also handles non-ASCII paths
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {p}") from None
-    except OSError as e:
-        raise OSError(f"cannot read image file {p}: {e}") from None
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if img is None:
-        raise OSError(f"cannot decode image file {p} ({buf.size} bytes): not a valid image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """An image file as ``HxWx3`` uint8 RGB (grey and RGBA become RGB):
+    :func:`detres.data.image_io.load_image`."""
+    return load_image(path)
 
 
 def find_classes(root: Path) -> list[str]:

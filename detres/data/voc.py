@@ -13,14 +13,16 @@ inclusive width. :func:`to_voc_boxes` converts back for the devkit scoring rules
 
 Difficult objects are kept with ``difficult=True`` (the evaluator ignores them; training
 leaves them out unless ``data.use_difficult``). Malformed XML, a missing tag, an unknown
-class, ``xmax < xmin`` or a box outside the image by more than a pixel are errors naming the
-file.
+class, a non-finite coordinate or ``xmax < xmin`` are errors naming the file. A box partly
+outside its image is clipped to it (one warning per image set, with the count and the first
+files; ``strict_boxes``: an error), and dropped if nothing is left.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -85,9 +87,10 @@ def _number(node: ET.Element, tag: str, xml_file: Path, what: str) -> float:
 
 
 def parse_voc_xml(
-    xml_file: Path, class_index: dict[str, int]
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """(height, width, boxes (M, 4) 0-based continuous, labels 1..K, difficult) of one file."""
+    xml_file: Path, class_index: dict[str, int], *, strict_boxes: bool = False
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """(height, width, boxes (M, 4) 0-based continuous, labels 1..K, difficult, boxes
+    clipped to the image, boxes dropped as empty after clipping) of one file."""
     try:
         root = ET.parse(xml_file).getroot()
     except FileNotFoundError:
@@ -119,22 +122,29 @@ def parse_voc_xml(
             raise VocFormatError(f"{xml_file}: {what} ({name}) has no <bndbox>")
         box = [_number(bb, t, xml_file, f"{what} ({name})")
                for t in ("xmin", "ymin", "xmax", "ymax")]
+        if not np.isfinite(box).all():
+            raise VocFormatError(f"{xml_file}: {what} ({name}): non-finite box {box}")
         if box[2] < box[0] or box[3] < box[1]:
             raise VocFormatError(f"{xml_file}: {what} ({name}): xmax < xmin or ymax < ymin "
                                  f"in {box}")
-        if box[0] < 0 or box[1] < 0 or box[2] > w + 1 or box[3] > h + 1:
+        if strict_boxes and (box[0] < 0 or box[1] < 0 or box[2] > w + 1 or box[3] > h + 1):
             raise VocFormatError(f"{xml_file}: {what} ({name}): box {box} outside the "
-                                 f"{w}x{h} image")
+                                 f"{w}x{h} image (data.strict_boxes=true)")
         boxes.append(box)
         labels.append(class_index[name])
-    b = from_voc_boxes(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    raw = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    outside = (raw[:, 0] < 0) | (raw[:, 1] < 0) | (raw[:, 2] > w + 1) | (raw[:, 3] > h + 1)
+    b = from_voc_boxes(raw)
     b[:, 0::2] = b[:, 0::2].clip(0, w)
     b[:, 1::2] = b[:, 1::2].clip(0, h)
-    return h, w, b, np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool)
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # nothing left inside: dropped
+    lab, diff = np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool)
+    n_out = int((outside & keep).sum())
+    return h, w, b[keep], lab[keep], diff[keep], n_out, int((~keep).sum())
 
 
 def load_voc(root: str | Path, split: str, *, name: str = "",
-             class_names: list[str] | None = None) -> DetSource:
+             class_names: list[str] | None = None, strict_boxes: bool = False) -> DetSource:
     """Records for the image set ``split`` of a VOC year directory ``root``."""
     root = Path(root).resolve()
     if not split:
@@ -146,9 +156,14 @@ def load_voc(root: str | Path, split: str, *, name: str = "",
     names = list(class_names) if class_names is not None else read_class_names(root)
     class_index = {n: k + 1 for k, n in enumerate(names)}
     records: list[Record] = []
+    clipped: list[str] = []
+    n_clipped = n_dropped = 0
     for image_id in ids:
-        h, w, boxes, labels, diff = parse_voc_xml(root / "Annotations" / f"{image_id}.xml",
-                                                  class_index)
+        h, w, boxes, labels, diff, n_out, n_empty = parse_voc_xml(
+            root / "Annotations" / f"{image_id}.xml", class_index, strict_boxes=strict_boxes)
+        if n_out or n_empty:
+            clipped.append(image_id)
+        n_clipped, n_dropped = n_clipped + n_out, n_dropped + n_empty
         records.append({
             "image_id": image_id,
             "file": str(root / "JPEGImages" / f"{image_id}.jpg"),
@@ -159,15 +174,22 @@ def load_voc(root: str | Path, split: str, *, name: str = "",
             "iscrowd": torch.zeros(len(labels), dtype=torch.bool),
             "difficult": torch.from_numpy(diff),
         })
+    if clipped:
+        shown = ", ".join(f"{i}.xml" for i in clipped[:5]) + (" ..." if len(clipped) > 5 else "")
+        warnings.warn(f"{root}/Annotations ({split}): clipped {n_clipped} box(es) extending "
+                      f"past their image and dropped {n_dropped} left empty, in "
+                      f"{len(clipped)} file(s): {shown} (data.strict_boxes=true makes this an "
+                      "error)", stacklevel=2)
     m = re.search(r"VOC(\d{4})", root.name)
     logger.info("%s/%s: %d images", root, split, len(records))
     return DetSource(name=name or f"{root}:{split}", format="voc", records=records,
                      class_names=names, category_ids=list(range(1, len(names) + 1)),
-                     path=root, split=split, year=m.group(1) if m else "")
+                     path=root, split=split, year=m.group(1) if m else "",
+                     clipped=n_clipped, dropped=n_dropped)
 
 
 @DATASET_FORMATS.register("voc")
 def build_voc_source(*, path: Path, images: Path | None = None, split: str = "",
-                     name: str = "") -> DetSource:
+                     name: str = "", strict_boxes: bool = False) -> DetSource:
     """Catalog builder: ``path`` is the year directory, ``split`` the image set."""
-    return load_voc(path, split, name=name)
+    return load_voc(path, split, name=name, strict_boxes=strict_boxes)

@@ -101,6 +101,7 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     src = build_det_sources(cfg, train=False)[0]
+    LOG.info("test set %s", src.summary())
     _check_model_classes(model, src)
     loader = build_det_test_loader(cfg, 0, sources=[src])
     return run_detector(model, loader, src, build_det_evaluator(src, out_dir=out_dir), device,
@@ -120,6 +121,8 @@ def _check_model_classes(model: FasterRCNN, src: DetSource) -> None:
 def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     cfg, device = run.cfg, run.device
     train_sources = build_det_sources(cfg, train=True)
+    for s in train_sources:
+        LOG.info("train set %s", s.summary())
     train_src = concat_sources(train_sources)
     if cfg.model.num_classes != train_src.num_classes:
         LOG.info("model.num_classes=%d -> %d (from %s)", cfg.model.num_classes,
@@ -135,6 +138,7 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     net: nn.Module = (DistributedDataParallel(model, find_unused_parameters=False)
                       if run.distributed else model)
     test_src = build_det_sources(cfg, train=False)[0]
+    LOG.info("test set %s", test_src.summary())
     _check_model_classes(model, test_src)
     test_loader = build_det_test_loader(cfg, 0, sources=[test_src])
     evaluator = build_det_evaluator(test_src, out_dir=run.out_dir)

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import torch
 from torch import Tensor
-from torchvision.utils import draw_bounding_boxes
 
 from detres.config import Config
-from detres.data.det_transforms import image_tensor, load_image
+from detres.data.det_transforms import image_tensor
+from detres.data.image_io import load_image
 from detres.modeling import FasterRCNN, build_detector, load_weights
 from detres.utils.device import autocast_context
 
@@ -90,21 +91,47 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def label_style(h: int, w: int) -> tuple[float, int, int]:
+    """(font scale, text thickness, box line width) for an ``h x w`` image: readable on a
+    thumbnail and on a 4K photograph alike."""
+    side = min(h, w)
+    scale = max(0.35, side / 700)
+    return scale, max(1, round(scale * 1.6)), max(1, round(side / 250))
+
+
 def draw_detections(image: Tensor, det: dict[str, Tensor], model: FasterRCNN,
-                    width: int = 2) -> Tensor:
-    """``image`` (float in [0, 1] or uint8, ``(3, H, W)``) with its boxes drawn, each labelled
-    ``"name score"`` in its class colour; returns uint8 ``(3, H, W)``."""
+                    width: int | None = None) -> Tensor:
+    """``image`` (float in [0, 1] or uint8, ``(3, H, W)``) with its boxes drawn in their class
+    colours, each labelled ``"name score"`` in a filled label box on the box's top edge (as
+    Detectron2's Visualizer does), text and lines sized to the image; returns uint8."""
     img = image if image.dtype == torch.uint8 else (image * 255).round().clamp(0, 255).byte()
     if len(det["boxes"]) == 0:
         return img.clone()
+    h, w = img.shape[-2:]
+    scale, thick, line = label_style(h, w)
+    line = width or line
     names = class_names_by_id(model)
     colours = dict(zip(model.category_ids, palette(len(model.category_ids)), strict=True))
-    labels = [int(c) for c in det["labels"]]
-    text = [f"{names.get(c, str(c))} {float(s):.2f}" for c, s in zip(labels, det["scores"],
-                                                                     strict=True)]
-    return draw_bounding_boxes(img, det["boxes"].float(), labels=text,
-                               colors=[colours.get(c, (255, 255, 255)) for c in labels],
-                               width=width)
+    canvas = np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy())  # (H, W, 3) RGB
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for box, c, s in zip(det["boxes"].float().tolist(), det["labels"].tolist(),
+                         det["scores"].tolist(), strict=True):
+        colour = colours.get(int(c), (255, 255, 255))
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, line)
+        text = f"{names.get(int(c), str(c))} {float(s):.2f}"
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        pad = max(1, thick)
+        top = y1 - th - base - 2 * pad
+        if top < 0:  # no room above the box: inside its top edge
+            top = y1
+        bottom = top + th + base + 2 * pad
+        cv2.rectangle(canvas, (x1, top), (min(x1 + tw + 2 * pad, w - 1), bottom), colour, -1)
+        luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        ink = (0, 0, 0) if luma > 140 else (255, 255, 255)
+        cv2.putText(canvas, text, (x1 + pad, bottom - base - pad), font, scale, ink, thick,
+                    cv2.LINE_AA)
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
 
 
 def write_image(path: str | Path, image: Tensor) -> Path:

@@ -39,6 +39,7 @@ class NonFiniteLossError(FloatingPointError):
 class TrainState:
     iteration: int = 0
     last_metrics: dict[str, float] | None = None
+    last_checkpoint: tuple[Path, int] | None = None  # the newest good one: (path, iteration)
 
 
 class Trainer:
@@ -74,6 +75,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str) -> Path | None:
+        self.state.last_checkpoint = (self.out_dir / name, self.state.iteration)
         if not is_main_process():
             return None
         return ckpt.save_checkpoint(
@@ -101,6 +103,7 @@ class Trainer:
             scaler=self.scaler,
         )
         self.state.iteration = int(c["iteration"])
+        self.state.last_checkpoint = (path, self.state.iteration)
         self.writer.truncate_after(self.state.iteration)
         LOG.info("resumed from %s at iteration %d", path, self.state.iteration)
         return True
@@ -168,10 +171,14 @@ class Trainer:
             assert isinstance(total, Tensor), "step_fn returned no loss terms"
             if not torch.isfinite(total.detach()):
                 vals = {k: float(v.detach()) for k, v in losses.items()}
+                last = self.state.last_checkpoint
+                saved = (f"the last good checkpoint is {last[0]} (iteration {last[1]})" if last
+                         else "no checkpoint was written before it (train.checkpoint_period="
+                         f"{cfg.train.checkpoint_period})")
                 raise NonFiniteLossError(
-                    f"non-finite loss at iteration {it}: {vals}; stopping without a checkpoint "
-                    f"(last good one: {self.out_dir / ckpt.LAST}). Lower solver.base_lr, add "
-                    "warm-up, or set solver.clip_grad_norm."
+                    f"non-finite loss at iteration {it}: {vals}; stopped without saving; "
+                    f"{saved}. Lower solver.base_lr, add warm-up, or set "
+                    "solver.clip_grad_norm."
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()

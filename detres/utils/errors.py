@@ -19,3 +19,7 @@ class UnknownNameError(InputError, KeyError):
 
 class OptionError(InputError, TypeError):
     """An option a builder does not take."""
+
+
+class FileReadError(InputError, OSError):
+    """A data file (an image, a CIFAR batch) that cannot be read or decoded; names the file."""
