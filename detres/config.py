@@ -202,7 +202,9 @@ class SolverCfg:
 @dataclass
 class TrainCfg:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 uses a GradScaler)
+    # "auto" (bf16 where the hardware runs it natively, else fp32 on CPU / fp16 on older GPUs;
+    # see detres/utils/device.py) | "none" (fp32) | "bf16" | "fp16" (GPU, with a GradScaler)
+    amp: str = "auto"
     seed: int = 0
     log_period: int = 20
     eval_period: int = 0  # iterations between evaluations; 0: only at the end
@@ -319,7 +321,7 @@ _CHOICES = {
     "solver.optimizer": ("sgd", "adamw"),
     "solver.schedule": ("multistep", "plateau", "cosine"),
     "solver.warmup_method": ("linear", "constant"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.amp": ("auto", "none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "data.cls_aug.kind": ("imagenet", "cifar", "none"),
 }

@@ -81,6 +81,7 @@ def test_benchmark_tool_vs_torchvision(tmp_path: Path, tool: Callable[[str], Mod
     out = tmp_path / "bench.json"
     argv = ["--cfg", "coco_r50_fpn", "--image-size", "96x120", "--repeats", "1",
             "--warmup", "0", "--vs-torchvision", "--ablation", "--skip", "train",
+            "--precision", "fp32",
             "--json", str(out), *SMALL_R50]
     assert tool("benchmark").main(argv) == 0
     res = json.loads(out.read_text())
@@ -107,6 +108,8 @@ def test_benchmark_tool_vs_torchvision(tmp_path: Path, tool: Callable[[str], Mod
     assert 0 < eff["fraction"] and eff["conv3x3_gflops"] > 0
     assert res["inference"]["median_s"] > 0
     assert res["machine"]["threads"] == torch.get_num_threads()
+    for key in ("cpu", "flags", "torch_cpu_capability", "bf16_native"):  # never compared blind
+        assert key in res["machine"]
 
 
 def test_benchmark_tool_loader_and_training(tmp_path: Path, tool: Callable[[str], ModuleType],

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from detres.benchmark import suite as B
 from detres.benchmark.core import PRECISIONS, calibrate_random_detector, test_size
 from detres.config import load_config
 from detres.modeling import build_detector, load_pretrained
-from detres.utils.device import resolve_device
+from detres.utils.device import auto_amp, cpu_has_native_bf16, cpu_info, cpu_line, resolve_device
 
 
 def parse_hw(text: str) -> tuple[int, int]:
@@ -44,13 +43,10 @@ def parse_hw(text: str) -> tuple[int, int]:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    """What the figures were measured on: CPU model, flags, torch's CPU capability, threads,
+    native bf16 (as ``train.amp=auto`` sees it), torch, date, and the GPU if any."""
+    info = {**cpu_info(), "threads": torch.get_num_threads(),
+            "bf16_native": cpu_has_native_bf16(), "torch": torch.__version__,
             "date": datetime.date.today().isoformat()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -66,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cfg", default="coco_r50_fpn.yaml")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
+                   help="auto: bf16 where the hardware runs it natively, else fp32 (CPU) / "
+                        "fp16 (GPU before compute capability 8.0)")
     p.add_argument("--image-size", type=parse_hw, default=(480, 640), metavar="HxW",
                    help="raw image size (resized by the config's test/train sizes)")
     p.add_argument("--batch-size", type=int, default=2, help="training batch")
@@ -90,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(a.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if a.precision == "auto":
+        a.precision = {"none": "fp32"}.get(auto_amp(device)[0], auto_amp(device)[0])
     if a.precision == "fp16" and device.type == "cpu":
         p.error("--precision fp16 needs --device cuda (use bf16 on CPU)")
     cfg = load_config(a.cfg, ["model.weights=" + (a.weights or "''"), "model.backbone.weights=''",
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"warmup": a.warmup, "repeats": a.repeats}
     res: dict[str, Any] = {"machine": machine(device), "cfg": a.cfg, "precision": a.precision,
                            "channels_last": cl, "image_size": list(a.image_size)}
-    print(f"{a.cfg} on {res['machine']} | {a.precision}, channels_last={cl}, "
+    print(f"CPU: {cpu_line()}" + (f" | GPU: {res['machine']['gpu']}" if "gpu" in res["machine"]
+                                  else ""))
+    print(f"{a.cfg} | {a.precision}, channels_last={cl}, "
           f"image {a.image_size[0]}x{a.image_size[1]}")
     model = build_detector(cfg).to(device)
     if a.weights:

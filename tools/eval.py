@@ -38,6 +38,7 @@ from detres.evaluation.voc_io import voc_class_names
 from detres.utils.device import resolve_device
 from detres.utils.dist import cleanup, init_distributed
 from detres.utils.errors import InputError
+from detres.utils.logging import setup_logging
 
 #: (results, published figures in percent, published source, title)
 Scored = tuple[dict[str, Any], dict[str, float], str, str]
@@ -71,6 +72,7 @@ def eval_detector(args: argparse.Namespace) -> Scored:
     with that set's evaluator; under torchrun each rank runs its shard, rank 0 scores."""
     from detres.utils.dist import get_local_rank
 
+    setup_logging()  # console: the data set summary, warnings as one line each
     cfg = load_config(args.cfg, [*args.overrides, f"model.weights={args.weights}"])
     if cfg.task != "det":
         raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")

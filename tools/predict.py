@@ -32,6 +32,7 @@ from detres.engine.predict import (
 )
 from detres.utils.device import resolve_device
 from detres.utils.errors import InputError
+from detres.utils.logging import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(f"several inputs would be written as {dup}; rename or run separately")
+    setup_logging()
     cfg = load_config(args.cfg, args.overrides)
     if cfg.task != "det":
         raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")

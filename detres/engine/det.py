@@ -56,7 +56,7 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None) -> Detec
 
 @torch.inference_mode()
 def run_detector(model: FasterRCNN, loader: DataLoader, src: DetSource,
-                 evaluator: DetectionEvaluator, device: torch.device, amp: str = "none",
+                 evaluator: DetectionEvaluator, device: torch.device, amp: str = "auto",
                  channels_last: bool = False) -> dict[str, Any]:
     """Predictions for this rank's shard of the test set, scored on rank 0."""
     evaluator.reset()

@@ -17,7 +17,7 @@ import torch
 
 from detres.config import Config, load_config, published_figures, save_config
 from detres.engine.trainer import NonFiniteLossError
-from detres.utils.device import resolve_device
+from detres.utils.device import cpu_line, resolve_amp, resolve_device
 from detres.utils.dist import get_rank, get_world_size, init_distributed, is_main_process
 from detres.utils.errors import InputError
 from detres.utils.logging import LOG, setup_logging
@@ -123,4 +123,7 @@ def setup_run(args: argparse.Namespace) -> Run:
     LOG.info(
         "config %s -> %s | device %s | world size %d", args.cfg, out_dir, device, get_world_size()
     )
+    if device.type == "cpu":
+        LOG.info("CPU: %s", cpu_line())
+    resolve_amp(cfg.train.amp, device, log=LOG)  # says once what `auto` picked, and why
     return Run(cfg=cfg, out_dir=out_dir, device=device, distributed=distributed)

@@ -60,7 +60,7 @@ def keep_scores(det: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor
 
 
 def predict_files(model: FasterRCNN, files: Sequence[Path], *, batch_size: int = 4,
-                  score_thresh: float = 0.0, amp: str = "none"
+                  score_thresh: float = 0.0, amp: str = "auto"
                   ) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
     """``(file, image (3, H, W) uint8, detections)`` per file, running ``model.predict`` on
     batches of ``batch_size`` images read as they are needed, under ``amp`` autocast (the

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from detres.config import Config, to_dict
 from detres.engine import checkpoint as ckpt
 from detres.engine.schedule import LRSchedule, build_optimizer
-from detres.utils.device import autocast_context
+from detres.utils.device import autocast_context, resolve_amp
 from detres.utils.dist import broadcast_object, is_dist, is_main_process, reduce_mean
 from detres.utils.io import rng_state, set_rng_state
 from detres.utils.logging import LOG, JSONLWriter
@@ -69,7 +69,8 @@ class Trainer:
         self.meta = meta or {}
         self.optimizer = build_optimizer(model, cfg.solver)
         self.schedule = LRSchedule(self.optimizer, cfg.solver)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+        self.amp = resolve_amp(cfg.train.amp, device, log=LOG)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
         self.writer = JSONLWriter(self.out_dir)
         self.state = TrainState()
 
@@ -148,7 +149,7 @@ class Trainer:
         max_iter = cfg.solver.max_iter
         start = self.state.iteration
         self.model.train()
-        amp = autocast_context(self.device, cfg.train.amp)
+        amp = autocast_context(self.device, self.amp)
         bar = tqdm(
             total=max_iter,
             initial=start,

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,13 @@ def setup_logging(out_dir: str | os.PathLike[str] | None = None) -> logging.Logg
         fh = logging.FileHandler(Path(out_dir) / "log.txt")
         fh.setFormatter(fmt)
         LOG.addHandler(fh)
+    warnings.showwarning = _log_warning  # a warning is one log line, in log.txt too
     return LOG
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    LOG.warning("%s: %s", category.__name__, message)
 
 
 def _plain(v: Any) -> Any:

@@ -1,0 +1,50 @@
+"""Precision from the hardware: ``train.amp=auto`` and the CPU report."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from detres.utils import device as D
+
+CPU = torch.device("cpu")
+
+
+def test_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETRES_CPU_BF16", "0")
+    assert D.auto_amp(CPU)[0] == "none"
+    assert D.resolve_amp("auto", CPU) == "none"
+    monkeypatch.setenv("DETRES_CPU_BF16", "1")
+    assert D.resolve_amp("auto", CPU) == "bf16"
+    monkeypatch.delenv("DETRES_CPU_BF16")
+    native = D.cpu_info()["bf16_native"]
+    assert D.resolve_amp("auto", CPU) == ("bf16" if native else "none")
+    assert native == any(f in D.cpu_info()["flags"] for f in D.BF16_FLAGS)
+
+
+def test_explicit_bf16_without_native_support_warns_once(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    monkeypatch.setenv("DETRES_CPU_BF16", "0")
+    monkeypatch.setattr(D, "_told", set())
+    with pytest.warns(UserWarning, match="2x slower than fp32"):
+        assert D.resolve_amp("bf16", CPU) == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D.resolve_amp("bf16", CPU)  # once per process
+        assert D.resolve_amp("none", CPU) == "none"
+    with pytest.raises(ValueError, match="train.amp"):
+        D.resolve_amp("fp8", CPU)
+
+
+def test_autocast_auto_and_cpu_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETRES_CPU_BF16", "1")
+    with D.autocast_context(CPU, "auto"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setenv("DETRES_CPU_BF16", "0")
+    with D.autocast_context(CPU, "auto"):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+    line = D.cpu_line()
+    assert "threads" in line and "torch CPU capability" in line
+    assert D.cpu_info()["cpu"]
