@@ -164,7 +164,8 @@ def multilevel_roi_align(
     lvl = LevelMapper(levels[0], levels[-1])([rois[:, 1:]])  # FPN Eq. 1, torchvision's rule
     c, s = features[0].shape[1], int(output_size)
     dtype = _pool_dtype(features[0])
-    out = features[0].new_zeros((rois.shape[0], s, s, c), dtype=dtype)  # (R, S, S, C)
+    # (R, S, S, C); every row is written once below (each RoI has exactly one level)
+    out = features[0].new_empty((rois.shape[0], s, s, c), dtype=dtype)
     for i, (feat, stride) in enumerate(zip(features, strides, strict=True)):
         idx = (lvl == i).nonzero(as_tuple=True)[0]
         if idx.numel() == 0:

@@ -39,6 +39,7 @@ from detres.modeling.box_ops import (
     nonempty,
     split_by_image,
 )
+from detres.modeling.fastpath import autocast_dtype, derived, fast_ops_enabled
 from detres.modeling.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, Matcher, match_boxes
 from detres.modeling.roi_align import multilevel_roi_align, roi_align
 from detres.modeling.sampler import BalancedSampler
@@ -140,7 +141,14 @@ class VGGFCHead(nn.Module):
 
 
 class TwoMLPHead(nn.Module):
-    """``(R, C, S, S)`` -> flatten -> fc6, ReLU, fc7, ReLU -> ``(R, D)``."""
+    """``(R, C, S, S)`` -> flatten -> fc6, ReLU, fc7, ReLU -> ``(R, D)`` (torchvision's names).
+
+    At inference fc6 runs as the equivalent ``S x S`` convolution (its weight viewed ``(D, C,
+    S, S)`` and cached in the input's memory format): the same arithmetic, read straight from
+    the channels-last pooled features, and 2.2x faster than the fp32 GEMM on 1000 RoIs on this
+    project's CPU (:mod:`detres.modeling.fastpath`). Under autograd it stays a ``Linear``:
+    re-laying the weight out every step (and its gradient back) costs more than it saves.
+    ``reference_ops()`` runs the ``Linear`` always."""
 
     def __init__(self, *, in_features: int, fc_dim: int = 1024) -> None:
         super().__init__()
@@ -148,7 +156,21 @@ class TwoMLPHead(nn.Module):
         self.fc7 = nn.Linear(fc_dim, fc_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))  # (R, C*S*S) -> (R, D)
+        if (not fast_ops_enabled() or torch.is_grad_enabled() or x.dim() != 4
+                or x.shape[1] * x.shape[2] * x.shape[3] != self.fc6.in_features):
+            return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))  # (R, C*S*S) -> (R, D)
+        r, c, h, w = x.shape
+        fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+               else torch.contiguous_format)
+
+        def kernel() -> Tensor:
+            return self.fc6.weight.view(-1, c, h, w).contiguous(memory_format=fmt)
+
+        dtype = autocast_dtype(x.device)
+        weight = derived(self.fc6, f"fc6_kernel_{fmt}", (self.fc6.weight,), dtype, kernel)
+        bias = self.fc6.bias if dtype is None else self.fc6.bias.to(dtype)
+        y = F.relu(F.conv2d(x, weight, bias)).flatten(1)  # (R, D, 1, 1) -> (R, D)
+        return F.relu(self.fc7(y))
 
 
 class FastRCNNPredictor(nn.Module):

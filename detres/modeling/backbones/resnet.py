@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from detres.modeling.backbones.base import Backbone, ShapeSpec
-from detres.modeling.fastpath import fast_ops_enabled
+from detres.modeling.fastpath import autocast_dtype, derived, fast_ops_enabled
 
 NormLayer = Callable[[int], nn.Module]
 SHORTCUTS = ("A", "B", "C", "none")
@@ -46,28 +46,19 @@ def get_norm(norm: str) -> NormLayer:
 
 
 def _folded(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
-    """The folded ``(weight, bias)``; without autograd they are cached on ``conv`` (in
-    ``dtype``, the autocast dtype if any) until any of the tensors involved changes."""
-    tensors = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
+    """The folded ``(weight, bias)``; without autograd cached on ``conv`` (in ``dtype``, the
+    autocast dtype if any) until any of the tensors involved changes (``fastpath.derived``)."""
+
+    def fold() -> tuple[Tensor, Tensor]:
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # type: ignore[operator]
+        bias = norm.bias - norm.running_mean * scale  # type: ignore[operator]
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        return conv.weight * scale.view(-1, 1, 1, 1), bias  # keeps the weight's memory format
+
+    sources = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
                norm.running_var)
-    # no cache under autograd (the gradient must reach conv.weight) or torch.compile (which
-    # folds the constants itself and would recompile on the cache's Python state)
-    grad = torch.is_grad_enabled() or torch.compiler.is_compiling()
-    if not grad:
-        key = (dtype, tuple((t.data_ptr(), t._version) for t in tensors if t is not None))
-        cached = conv.__dict__.get("_detres_folded")
-        if cached is not None and cached[0] == key:
-            return cached[1], cached[2]
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # type: ignore[operator]
-    bias = norm.bias - norm.running_mean * scale  # type: ignore[operator]
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    weight = conv.weight * scale.view(-1, 1, 1, 1)  # keeps the weight's memory format
-    if not grad:
-        if dtype is not None:
-            weight, bias = weight.to(dtype), bias.to(dtype)
-        conv.__dict__["_detres_folded"] = (key, weight, bias)
-    return weight, bias
+    return derived(conv, "folded", sources, dtype, fold)  # type: ignore[no-any-return]
 
 
 def conv_norm(x: Tensor, conv: nn.Conv2d, norm: nn.Module) -> Tensor:
@@ -84,10 +75,7 @@ def conv_norm(x: Tensor, conv: nn.Conv2d, norm: nn.Module) -> Tensor:
         isinstance(norm, FrozenBatchNorm2d)
         or (isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None)
     ):
-        dev = x.device.type
-        amp = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
-        dtype = torch.get_autocast_dtype(dev) if amp else None
-        weight, bias = _folded(conv, norm, dtype)
+        weight, bias = _folded(conv, norm, autocast_dtype(x.device))
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return norm(conv(x))
 
