@@ -101,7 +101,7 @@ def test_folded_weights_cached_without_grad_and_refreshed_on_change() -> None:
     assert not torch.allclose(a, b)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         c = conv_norm(x, conv, norm)
-        assert conv.__dict__["_detres_folded"][1].dtype == torch.bfloat16
+        assert conv.__dict__["_detres_folded"][1][0].dtype == torch.bfloat16  # (key, (w, b))
     torch.testing.assert_close(c.float(), b, rtol=2e-2, atol=2e-2)
     y = conv_norm(x, conv, norm)  # with autograd: computed afresh, gradient reaches conv
     y.sum().backward()
@@ -129,3 +129,26 @@ def test_chunked_box_head_inference_matches_one_pass(arch_overrides: list[str]) 
         torch.testing.assert_close(a["boxes"], b["boxes"])
         torch.testing.assert_close(a["scores"], b["scores"])
         assert torch.equal(a["labels"], b["labels"])
+
+
+def test_fc6_as_convolution_matches_the_linear() -> None:
+    """The FPN box head's inference path (fc6 as a 7x7 convolution, cached kernel) gives the
+    Linear's numbers, in fp32 and under bf16 autocast, and refreshes when the weight changes."""
+    from detres.modeling.roi_heads import TwoMLPHead
+
+    torch.manual_seed(0)
+    head = TwoMLPHead(in_features=16 * 7 * 7, fc_dim=32)
+    x = torch.randn(20, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        with reference_ops():
+            ref = head(x)
+        torch.testing.assert_close(head(x), ref, rtol=1e-5, atol=1e-5)
+        head.fc6.weight.mul_(0.5)
+        with reference_ops():
+            ref2 = head(x)
+        torch.testing.assert_close(head(x), ref2, rtol=1e-5, atol=1e-5)  # not the stale kernel
+        with torch.autocast("cpu", torch.bfloat16):
+            torch.testing.assert_close(head(x).float(), ref2, rtol=3e-2, atol=3e-2)
+    y = head(x)  # training: the Linear, gradients reach fc6.weight
+    y.sum().backward()
+    assert head.fc6.weight.grad is not None
