@@ -214,12 +214,20 @@ class TrainCfg:
 
 
 @dataclass
+class EvaluationCfg:
+    # COCO scoring: "auto" (faster-coco-eval when importable, else pycocotools) |
+    # "faster_coco_eval" | "pycocotools" (the reference)
+    coco_backend: str = "auto"
+
+
+@dataclass
 class Config:
     task: str = "cls"  # "cls" | "det"
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     solver: SolverCfg = field(default_factory=SolverCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
+    evaluation: EvaluationCfg = field(default_factory=EvaluationCfg)
     # Figures the config reproduces, as published (printed beside ours by tools/eval.py and
     # train_det.py), only when the evaluated set (data.test[0]) is the catalog entry
     # ``published_on`` they were measured on.
@@ -324,6 +332,7 @@ _CHOICES = {
     "train.amp": ("auto", "none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "data.cls_aug.kind": ("imagenet", "cifar", "none"),
+    "evaluation.coco_backend": ("auto", "faster_coco_eval", "pycocotools"),
 }
 
 

@@ -3,7 +3,8 @@
   VOC07 test:  4,952 images, 20 classes, ~3 objects per image (~2.4 not difficult),
                100 detections per image; both AP metrics at all 10 IoU thresholds.
   COCO val2017: 5,000 images, 80 categories, ~7.3 objects per image (1% crowd),
-               100 detections per image; loadRes + evaluate + accumulate + summarize.
+               100 detections per image; loadRes + evaluate + accumulate + summarize,
+               pycocotools (the reference) and faster-coco-eval (the default) side by side.
 
     python tools/bench_eval.py [--skip-coco] [--skip-voc] [--seed 0]
 """
@@ -16,15 +17,16 @@ from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detres.evaluation import VOCEvaluator
 from detres.evaluation.coco import (
     check_coco_results,
+    faster_ground_truth,
     predictions_to_coco_results,
     quiet_pycocotools,
-    summarize_cocoeval,
+    run_cocoeval,
 )
+from detres.utils.device import cpu_line
 
 # The 80 category ids of COCO (1..90 with gaps), so ids are non-contiguous as in the real set.
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -105,7 +107,8 @@ def bench_voc(seed: int) -> None:
               f"{fmt(t1, t2)}   mAP@.5 {r['mAP@.5']:.3f}  mAP@[.5,.95] {r['mAP@[.5,.95]']:.3f}")
 
 
-def bench_coco(seed: int) -> None:
+def coco_case(seed: int) -> tuple[COCO, list[dict[str, Any]]]:
+    """A val2017-sized case: 5,000 images, ~36.5k objects (1% crowd), 500k detections."""
     rng = np.random.default_rng(seed)
     gts, preds = make_case(rng, 5000, 80, 7.3, (640, 480))
     images = [{"id": i + 1, "width": 640, "height": 480} for i in range(len(gts))]
@@ -123,24 +126,39 @@ def bench_coco(seed: int) -> None:
     for p in preds:
         p["image_id"] += 1
         p["labels"] = np.asarray(COCO_IDS)[p["labels"]]
-    print(f"COCO-val2017-sized: {len(images)} images, {len(anns)} objects, "
-          f"{sum(len(p['scores']) for p in preds)} detections")
-    marks = [("start", clock())]
     results = predictions_to_coco_results(preds)
     check_coco_results(results, coco_gt)
-    marks.append(("to results + check", clock()))
-    with quiet_pycocotools():
-        coco_dt = coco_gt.loadRes(results)
-        marks.append(("loadRes", clock()))
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        for stage in ("evaluate", "accumulate", "summarize"):
-            getattr(ev, stage)()
-            marks.append((stage, clock()))
-    r = summarize_cocoeval(ev, coco_gt)
-    for (_, a), (name, b) in zip(marks, marks[1:], strict=False):
-        print(f"  {name:<20} {fmt(a, b)}")
-    print(f"  {'total':<20} {fmt(marks[0][1], marks[-1][1])}   AP {r['AP']:.3f}  "
-          f"AP50 {r['AP50']:.3f}")
+    return coco_gt, results
+
+
+def bench_coco(seed: int, backends: list[str]) -> None:
+    """Each backend on the same case, one after the other, twice (A B A B)."""
+    coco_gt, results = coco_case(seed)
+    print(f"COCO-val2017-sized: {len(coco_gt.imgs)} images, {len(coco_gt.anns)} objects, "
+          f"{len(results)} detections")
+    totals: dict[str, list[float]] = {b: [] for b in backends}
+    stats: dict[str, list[float]] = {}
+    for rnd in range(2):
+        for backend in backends:
+            t0 = clock()
+            gt = coco_gt if backend == "pycocotools" else faster_ground_truth(coco_gt)
+            t1 = clock()
+            ev = run_cocoeval(coco_gt, results, backend=backend, faster_gt=gt
+                              if backend == "faster_coco_eval" else None)
+            t2 = clock()
+            totals[backend].append(t2[0] - t0[0])
+            stats[backend] = [float(v) for v in list(ev.stats)[:12]]
+            print(f"  round {rnd + 1} {backend:<17} ground truth {fmt(t0, t1)}; loadRes + "
+                  f"evaluate + accumulate + summarize {fmt(t1, t2)}")
+    for backend in backends:
+        s = stats[backend]
+        print(f"  {backend:<17} best total {min(totals[backend]):6.2f} s   AP {s[0]:.6f}  "
+              f"AP50 {s[1]:.6f}  AR100 {s[8]:.6f}")
+    if len(backends) == 2:
+        ratio = min(totals[backends[0]]) / min(totals[backends[1]])
+        same = max(abs(a - b) for a, b in zip(*stats.values(), strict=True))
+        print(f"  {backends[1]} is {ratio:.1f}x faster than {backends[0]}; the 12 numbers "
+              f"differ by at most {same:.1e}")
 
 
 def main() -> None:
@@ -148,11 +166,14 @@ def main() -> None:
     p.add_argument("--skip-voc", action="store_true")
     p.add_argument("--skip-coco", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--coco-backends", nargs="+", default=["pycocotools", "faster_coco_eval"],
+                   choices=["pycocotools", "faster_coco_eval"])
     args = p.parse_args()
+    print(f"CPU: {cpu_line()}")
     if not args.skip_voc:
         bench_voc(args.seed)
     if not args.skip_coco:
-        bench_coco(args.seed)
+        bench_coco(args.seed, args.coco_backends)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from detres.evaluation import (
     load_voc_results,
     write_metrics,
 )
+from detres.evaluation.coco import COCO_BACKENDS
 from detres.evaluation.voc_io import voc_class_names
 from detres.utils.device import resolve_device
 from detres.utils.dist import cleanup, init_distributed
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("overrides", nargs="*", help="config overrides key=value")
     g = p.add_argument_group("2. a COCO results file")
     g.add_argument("--coco-gt", type=Path, help="COCO instances JSON (ground truth)")
+    g.add_argument("--coco-backend", default="auto", choices=COCO_BACKENDS,
+                   help="COCO scorer (default auto: faster-coco-eval when installed, else "
+                        "pycocotools, the reference); mode 1 reads evaluation.coco_backend")
     g = p.add_argument_group("3. VOC detections")
     g.add_argument("--voc-root", type=Path, help="VOC year directory, e.g. VOCdevkit/VOC2007")
     g.add_argument("--split", default="test", help="image set under ImageSets/Main")
@@ -92,7 +96,7 @@ def eval_detector(args: argparse.Namespace) -> Scored:
 
 def eval_coco(args: argparse.Namespace) -> Scored:
     """Mode 2: a COCO results file against instances JSON."""
-    results = evaluate_coco_results(args.coco_gt, args.results)
+    results = evaluate_coco_results(args.coco_gt, args.results, backend=args.coco_backend)
     return results, {}, "", f"COCO bbox: {args.results} vs {args.coco_gt}"
 
 

@@ -33,13 +33,14 @@ from detres.utils.errors import InputError
 from detres.utils.logging import LOG, plot_curves
 
 
-def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None) -> DetectionEvaluator:
+def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None,
+                        coco_backend: str = "auto") -> DetectionEvaluator:
     """The official scorer of a data set's format (``EVALUATORS``): pycocotools for COCO,
     the devkit rules for VOC."""
     if src.format == "coco":
         results = (out_dir / f"coco_results_{safe_name(src.name)}.json"
                    if out_dir is not None else None)
-        return EVALUATORS.build("coco", gt=src.coco, results_file=results)
+        return EVALUATORS.build("coco", gt=src.coco, results_file=results, backend=coco_backend)
     if src.format == "voc":
         gt = {}
         for r in src.records:
@@ -104,7 +105,9 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     LOG.info("test set %s", src.summary())
     _check_model_classes(model, src)
     loader = build_det_test_loader(cfg, 0, sources=[src])
-    return run_detector(model, loader, src, build_det_evaluator(src, out_dir=out_dir), device,
+    evaluator = build_det_evaluator(src, out_dir=out_dir,
+                                    coco_backend=cfg.evaluation.coco_backend)
+    return run_detector(model, loader, src, evaluator, device,
                         cfg.train.amp, cfg.train.channels_last)
 
 
@@ -141,7 +144,8 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     LOG.info("test set %s", test_src.summary())
     _check_model_classes(model, test_src)
     test_loader = build_det_test_loader(cfg, 0, sources=[test_src])
-    evaluator = build_det_evaluator(test_src, out_dir=run.out_dir)
+    evaluator = build_det_evaluator(test_src, out_dir=run.out_dir,
+                                    coco_backend=cfg.evaluation.coco_backend)
     per_rank = cfg.solver.batch_size // get_world_size()
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     LOG.info("%s/%s: %d train images (%s), %d test images (%s), %d classes, %.2fM trainable "

@@ -3,7 +3,8 @@
 Per image: up to ``int(batch_size_per_image * positive_fraction)`` positives drawn at random,
 then negatives to fill ``batch_size_per_image`` (torchvision's / Detectron2's rule). The
 draw is vectorized: every element gets a random key, and an element is kept when its rank
-among the image's positives (or negatives) is below that image's quota.
+among the image's positives (or negatives) is below that image's quota -- found with one
+``topk`` of the quota's size per row rather than a full sort of the ~20k anchors.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import torch
 from torch import Tensor
 
 
-def _rank_among(mask: Tensor, keys: Tensor) -> Tensor:
-    """Rank ``(N, P)`` of each True element of ``mask`` by ``keys`` within its row."""
-    keyed = torch.where(mask, keys, torch.full_like(keys, 2.0))  # False elements sort last
-    order = keyed.argsort(dim=1)
-    ranks = torch.empty_like(order)
-    ar = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return ranks.scatter_(1, order, ar)
+def _smallest(mask: Tensor, keys: Tensor, quota: Tensor) -> Tensor:
+    """Mask ``(N, P)`` of the ``quota[i]`` True elements of row ``i`` of ``mask`` with the
+    smallest ``keys`` (keys in [0, 1))."""
+    k = int(quota.max()) if quota.numel() else 0
+    out = torch.zeros_like(mask)
+    if k == 0:
+        return out
+    keyed = torch.where(mask, keys, torch.full_like(keys, 2.0))  # False elements last
+    idx = keyed.topk(min(k, keyed.shape[1]), dim=1, largest=False).indices  # ascending keys
+    take = torch.arange(idx.shape[1], device=idx.device)[None, :] < quota[:, None]
+    return out.scatter_(1, idx, take) & mask
 
 
 class BalancedSampler:
@@ -42,6 +47,4 @@ class BalancedSampler:
         )
         num_neg = torch.minimum(negative.sum(dim=1), self.batch_size_per_image - num_pos)
         keys = torch.rand(labels.shape, device=labels.device, generator=generator)
-        pos_mask = positive & (_rank_among(positive, keys) < num_pos[:, None])
-        neg_mask = negative & (_rank_among(negative, keys) < num_neg[:, None])
-        return pos_mask, neg_mask
+        return _smallest(positive, keys, num_pos), _smallest(negative, keys, num_neg)

@@ -92,6 +92,9 @@ def auto_amp(device: torch.device) -> tuple[str, str]:
         if major >= 8:
             return "bf16", f"CUDA compute capability {major}.{minor} >= 8.0 runs bf16"
         return "fp16", f"CUDA compute capability {major}.{minor} < 8.0: fp16 with a GradScaler"
+    env = os.environ.get("DETRES_CPU_BF16", "").strip()
+    if env in ("0", "1"):
+        return ("bf16" if env == "1" else "none"), f"DETRES_CPU_BF16={env}"
     if cpu_has_native_bf16():
         return "bf16", "the CPU runs bf16 natively (avx512_bf16/amx_bf16)"
     return "none", "the CPU has no native bf16 (no avx512_bf16/amx_bf16): fp32 is faster"
