@@ -77,6 +77,9 @@ class ROIHeadsCfg:
     pooler: str = "ROIAlign"  # "ROIAlign" | "ROIPool" (the paper)
     pooler_resolution: int = 14  # 14 for C4 (res5 halves it to 7), 7 for VGG and FPN
     sampling_ratio: int = 0
+    # RoIAlign's half-pixel offset: None keeps the family's reference (C4 and VGG: True,
+    # Detectron2's ROIAlignV2; FPN: False, torchvision's MultiScaleRoIAlign)
+    pooler_aligned: bool | None = None
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
@@ -106,7 +109,11 @@ class InputCfg:
     # How the test image (and each training image) is resized: "torchvision"
     # (GeneralizedRCNNTransform) or "detectron2" (ResizeShortestEdge); see detres/preprocess.py.
     resize_rule: str = "torchvision"
-    # RGB, [0, 1] scale (torchvision's convention).
+    # What the network's first convolution expects: channel order "RGB" | "BGR", pixel
+    # values scaled to [0, pixel_range] (1.0: torchvision's [0, 1]; 255.0: the MSRA / Caffe2 /
+    # Detectron2 convention), then (x - pixel_mean) / pixel_std in those units.
+    format: str = "RGB"
+    pixel_range: float = 1.0
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     size_divisibility: int = 32
@@ -118,6 +125,11 @@ class ModelCfg:
     # "classifier" (pretraining) or a detector: "faster_rcnn_c4" | "faster_rcnn_vgg" |
     # "faster_rcnn_fpn".
     arch: str = "classifier"
+    # Where torchvision and Detectron2 differ in the detector's arithmetic: "torchvision" |
+    # "detectron2" (anchors unrounded, at the levels' nominal strides; proposals and
+    # detections kept when w, h > 0 instead of torchvision's minimum sizes; FPN level
+    # assignment with Detectron2's epsilon; empty boxes dropped after the final rescale).
+    rules: str = "torchvision"
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
     num_classes: int = 1000  # classifier: classes; detector: foreground classes (K)
     anchors: AnchorCfg = field(default_factory=AnchorCfg)
@@ -326,6 +338,8 @@ _CHOICES = {
     "model.backbone.norm": ("BN", "FrozenBN"),
     "model.roi_heads.pooler": ("ROIAlign", "ROIPool"),
     "model.input.resize_rule": ("torchvision", "detectron2"),
+    "model.input.format": ("RGB", "BGR"),
+    "model.rules": ("torchvision", "detectron2"),
     "solver.optimizer": ("sgd", "adamw"),
     "solver.schedule": ("multistep", "plateau", "cosine"),
     "solver.warmup_method": ("linear", "constant"),

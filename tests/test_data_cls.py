@@ -20,7 +20,8 @@ import torch.distributed as dist
 from detres.config import ClsAugCfg, Config, DatasetCfg
 from detres.data import DATASET_FORMATS, GENERATORS, build_source
 from detres.data import synthetic_cls as syn
-from detres.data.cifar import CifarSource, RestrictedUnpickler
+from detres.data.cifar import CifarSource
+from detres.utils.io import RestrictedUnpickler
 from detres.data.cls_loader import (
     ClsDataset,
     build_cls_dataset,

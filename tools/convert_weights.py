@@ -1,72 +1,80 @@
 #!/usr/bin/env python
-"""Convert torchvision's ``fasterrcnn_resnet50_fpn`` COCO weights into a detres checkpoint.
+"""Convert the weights users already have into detres checkpoints.
 
-python tools/convert_weights.py --src fasterrcnn_resnet50_fpn_coco-258fb6c6.pth \\
-    --out detres_r50_fpn.pth [--cfg coco_r50_fpn.yaml] [--src-bn-eps 0.0]
+    python tools/convert_weights.py --src fasterrcnn_resnet50_fpn_coco-258fb6c6.pth \\
+        --out r50_fpn.pth                                      # torchvision (the default)
+    python tools/convert_weights.py --from msra --src R-101.pkl --out r101_msra.pth \\
+        [--cfg imagenet_resnet101.yaml]                         # the paper's ImageNet ResNets
+    python tools/convert_weights.py --from detectron2 --src model_final_298dad.pkl \\
+        --out r101_c4.pth --cfg coco_r101_c4_3x.yaml            # Detectron2's COCO detectors
 
-The checkpoint holds ``{"model", "config", "class_names", "category_ids"}`` (80 COCO classes
-as labels 1..80, mapped back to COCO ids) and is checked by loading it strictly into the
-configured detector. Use it with ``tools/eval.py --cfg coco_r50_fpn.yaml --weights OUT``.
+torchvision: ``fasterrcnn_resnet50_fpn`` COCO weights -> ``coco_r50_fpn.yaml``'s detector.
+msra: MSRA's ``R-50.pkl`` / ``R-101.pkl`` (Caffe2 names) -> a classifier checkpoint with
+torchvision names (``fc1000`` kept as ``fc``): ``pretrain_cls.py --eval-only`` uses it as is,
+and ``model.backbone.weights=OUT`` starts a detector from it. detectron2: a model-zoo
+``model_final_*.pkl`` or a Detectron2 training checkpoint ``.pth`` -> a detector checkpoint
+for the matching ``coco_*_3x.yaml`` config. ``.pkl`` files are read by a restricted unpickler
+(numpy arrays only). Every output records the input convention the weights expect, and is
+checked by loading it strictly into the configured model.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import torch
-
 from detres.config import find_config, load_config
+from detres.engine.launch import add_debug_flag, run_cli
+from detres.modeling.weights import read_weights
 from detres.modeling.weights.torchvision import (
-    TORCHVISION_R50_FPN_OVERRIDES,
     torchvision_frcnn_checkpoint,
 )
+from detres.modeling.weights.zoo import detectron2_checkpoint, msra_checkpoint
+from detres.utils.errors import InputError
+from detres.utils.io import atomic_save
+
+DEFAULT_CFG = {"torchvision": "coco_r50_fpn.yaml", "msra": None, "detectron2": None}
+
+
+def convert(args: argparse.Namespace) -> int:
+    if not args.src.is_file():
+        raise InputError(f"--src {str(args.src)!r}: no such file")
+    if args.source == "torchvision":
+        cfg_name = args.cfg or str(find_config(DEFAULT_CFG["torchvision"]))
+        cfg = load_config(cfg_name, None if args.cfg else [])
+        state = read_weights(args.src).state
+        try:
+            ckpt = torchvision_frcnn_checkpoint(state, cfg, src_bn_eps=args.src_bn_eps)
+        except (KeyError, ValueError) as e:
+            raise InputError(f"--src {str(args.src)!r}: {e.args[0] if e.args else e}") from None
+    elif args.source == "msra":
+        name = args.src.stem.lower()  # R-50.pkl, R-101.pkl
+        depth = "".join(c for c in name if c.isdigit()) or "50"
+        cfg = load_config(args.cfg or f"imagenet_resnet{depth}.yaml")
+        ckpt = msra_checkpoint(args.src, cfg)
+    else:
+        if not args.cfg:
+            raise InputError("--from detectron2 needs --cfg: the detres config of the same "
+                             "detector (e.g. coco_r101_c4_3x.yaml, coco_r50_fpn_3x.yaml)")
+        ckpt = detectron2_checkpoint(args.src, load_config(args.cfg))
+    atomic_save(ckpt, args.out)
+    print(f"wrote {args.out} ({len(ckpt['model'])} tensors, from {args.source}, "
+          f"config {args.cfg or 'default'})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--src", type=Path, required=True, help="torchvision state dict (.pth)")
+    p.add_argument("--from", dest="source", default="torchvision",
+                   choices=["torchvision", "msra", "detectron2"], help="the file's zoo")
+    p.add_argument("--src", type=Path, required=True, help="the weight file")
     p.add_argument("--out", type=Path, required=True, help="detres checkpoint to write")
-    p.add_argument(
-        "--cfg",
-        default=None,
-        help="detres config (default: coco_r50_fpn.yaml if present, else torchvision's "
-        "settings from detres.modeling.weights.torchvision)",
-    )
-    p.add_argument(
-        "--src-bn-eps",
-        type=float,
-        default=0.0,
-        help="BatchNorm eps the weights expect: 0.0 for torchvision's COCO_V1 weights",
-    )
+    p.add_argument("--cfg", default=None, help="the detres config the weights are for")
+    p.add_argument("--src-bn-eps", type=float, default=0.0,
+                   help="torchvision: BatchNorm eps the weights expect (0.0 for COCO_V1)")
+    add_debug_flag(p)
     args = p.parse_args(argv)
-
-    if not args.src.is_file():
-        raise SystemExit(f"--src {str(args.src)!r}: no such file")
-    state = torch.load(args.src, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise SystemExit(f"--src {str(args.src)!r}: not a state dict")
-    cfg_name = args.cfg
-    if cfg_name is None:
-        try:
-            cfg_name = str(find_config("coco_r50_fpn.yaml"))
-        except FileNotFoundError:
-            cfg_name = None
-    cfg = load_config(cfg_name, None if cfg_name else TORCHVISION_R50_FPN_OVERRIDES)
-    try:
-        ckpt = torchvision_frcnn_checkpoint(state, cfg, src_bn_eps=args.src_bn_eps)
-    except (KeyError, ValueError) as e:
-        raise SystemExit(f"--src {str(args.src)!r}: {e}") from None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, args.out)
-    source = cfg_name or "torchvision defaults"
-    print(f"wrote {args.out} ({len(ckpt['model'])} tensors, config: {source})")
-    return 0
+    return run_cli("convert_weights.py", lambda: convert(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ pickles in general) need, and refuses every other global with an error naming th
 
 from __future__ import annotations
 
-import importlib
-import io
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +20,7 @@ import numpy as np
 
 from detres.data.catalog import DATASET_FORMATS
 from detres.utils.errors import FileReadError, InputError
-
-# (module, name) pairs a pickle of dicts, lists, str/bytes and numpy arrays may reference.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),  # the published files (numpy 1.x, protocol 2)
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),  # protocol 5 pickles of numpy arrays
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("copyreg", "_reconstructor"),
-    ("_codecs", "encode"),  # bytes in protocol <= 2 pickles written by Python 3
-    ("builtins", "object"),
-}
-_ALLOWED_DTYPE_MODULES = ("numpy", "numpy.dtypes")  # numpy >= 1.25 pickles dtype classes
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside the allow-list."""
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that only resolves the numpy / builtin names needed for numpy arrays."""
-
-    def __init__(self, file: io.BufferedIOBase, *, source: str = "<pickle>") -> None:
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = (module, name) in _ALLOWED_GLOBALS or (
-            module in _ALLOWED_DTYPE_MODULES and name.endswith("DType")
-        )
-        if not allowed:
-            raise UnsafePickleError(
-                f"{self.source}: refusing to load global {module}.{name} (only numpy arrays "
-                "and plain containers are allowed in dataset pickles)"
-            )
-        if module.startswith("numpy.core") and hasattr(np, "_core"):
-            module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 renamed the package
-        return getattr(importlib.import_module(module), name)
+from detres.utils.io import RestrictedUnpickler, UnsafePickleError
 
 
 def load_pickle(path: Path) -> dict[bytes, Any]:
@@ -72,7 +29,7 @@ def load_pickle(path: Path) -> dict[bytes, Any]:
         raise FileNotFoundError(f"CIFAR file not found: {path}")
     try:
         with open(path, "rb") as f:
-            obj = RestrictedUnpickler(f, source=str(path)).load()  # type: ignore[arg-type]
+            obj = RestrictedUnpickler(f, source=str(path), encoding="bytes").load()  # type: ignore[arg-type]
     except UnsafePickleError:
         raise
     except Exception as e:  # truncated / not a pickle

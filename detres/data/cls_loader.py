@@ -90,9 +90,9 @@ def build_cls_dataset(cfg: Config, train: bool) -> ClsDataset:
                 f"data set {ds.name or ds.path!r} ({ds.format or 'catalog'}) is not a "
                 f"classification set (got {type(src).__name__})"
             )
-    compose = build_cls_transform(
-        cfg.data.cls_aug, train, mean=cfg.model.input.pixel_mean, std=cfg.model.input.pixel_std
-    )
+    i = cfg.model.input
+    compose = build_cls_transform(cfg.data.cls_aug, train, mean=i.pixel_mean, std=i.pixel_std,
+                                  input_format=i.format, pixel_range=i.pixel_range)
     ds = ClsDataset(sources, ClsTransform(compose))
     if cfg.model.num_classes < len(ds.classes):
         raise InputError(

@@ -95,22 +95,43 @@ def geometric_transforms(aug: ClsAugCfg, train: bool) -> list[A.BasicTransform]:
     return ops
 
 
+class ToBGR(A.ImageOnlyTransform):
+    """Reverse the channel order (RGB -> BGR) for networks trained on BGR input (MSRA)."""
+
+    def __init__(self) -> None:
+        super().__init__(p=1.0)
+
+    def apply(self, img: np.ndarray, **params: object) -> np.ndarray:
+        return np.ascontiguousarray(img[..., ::-1])
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
 def build_cls_transform(
     aug: ClsAugCfg,
     train: bool,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     seed: int | None = None,
+    *,
+    input_format: str = "RGB",
+    pixel_range: float = 1.0,
 ) -> A.Compose:
     """uint8 ``HxWx3`` RGB -> normalized ``float32 Tensor[3, crop, crop]``.
 
-    ``mean``/``std`` are per-channel RGB in [0, 1] units; ``seed`` seeds the pipeline's own
-    random state (albumentations 2 ignores the global numpy / random seeds).
+    ``mean``/``std`` are per channel, in the network's channel order (``input_format``) and
+    in units of ``pixel_range`` (1.0: [0, 1]; 255.0: the MSRA / Caffe2 convention); ``seed``
+    seeds the pipeline's own random state (albumentations 2 ignores the global seeds).
     """
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise InputError(f"mean/std must be 3 values with std > 0, got {mean} / {std}")
     ops = geometric_transforms(aug, train)
-    ops += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    if input_format == "BGR":
+        ops.append(ToBGR())
+    ops += [A.Normalize(mean=tuple(m / pixel_range for m in mean),
+                        std=tuple(s / pixel_range for s in std), max_pixel_value=255.0),
+            ToTensorV2()]
     return A.Compose(ops, seed=seed)
 
 

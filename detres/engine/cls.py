@@ -24,6 +24,7 @@ from detres.engine.launch import Run
 from detres.engine.trainer import Trainer
 from detres.evaluation import EVALUATORS
 from detres.modeling import build_backbone, load_pretrained
+from detres.modeling.weights.core import input_spec
 from detres.utils.device import autocast_context
 from detres.utils.dist import is_dist
 from detres.utils.errors import InputError
@@ -130,7 +131,7 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
         run.out_dir,
         device=device,
         primary_metric="top1_err",
-        meta={"task": "cls", "class_names": classes},
+        meta={"task": "cls", "class_names": classes, "input": input_spec(cfg.model.input)},
     )
     if resume is not None:
         trainer.resume(None if resume == "last" else resume)

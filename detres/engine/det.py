@@ -26,7 +26,6 @@ from detres.engine.launch import Run
 from detres.engine.trainer import Trainer
 from detres.evaluation import EVALUATORS, DetectionEvaluator, write_metrics
 from detres.modeling import FasterRCNN, build_detector, load_pretrained
-from detres.preprocess import boxes_to_original
 from detres.utils.device import autocast_context
 from detres.utils.dist import get_world_size, is_main_process
 from detres.utils.errors import InputError
@@ -72,10 +71,11 @@ def run_detector(model: FasterRCNN, loader: DataLoader, src: DetSource,
             dets = model.inference(images, [t["image_size"] for t in targets])
             preds = []
             for d, t in zip(dets, targets, strict=True):
-                boxes = boxes_to_original(d["boxes"].cpu(), t["image_size"], t["orig_size"])
-                preds.append({"image_id": t["image_id"], "boxes": boxes,
-                              "scores": d["scores"].float().cpu(),
-                              "labels": src.to_category_ids(d["labels"].cpu())})
+                d = model.to_original({k: v.cpu() for k, v in d.items()},
+                                      tuple(t["image_size"]), tuple(t["orig_size"]))
+                preds.append({"image_id": t["image_id"], "boxes": d["boxes"],
+                              "scores": d["scores"].float(),
+                              "labels": src.to_category_ids(d["labels"])})
             evaluator.process(preds)
             n += len(dets)
     elapsed = time.perf_counter() - t0
@@ -174,7 +174,8 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     trainer = Trainer(cfg, net, batches, step, evaluate, run.out_dir, device=device,
                       primary_metric="mAP@.5", lower_is_better=False,
                       meta={"task": "det", "class_names": train_src.class_names,
-                            "category_ids": train_src.category_ids})
+                            "category_ids": train_src.category_ids,
+                            "input": model.input_spec()})
     if resume is not None:
         trainer.resume(None if resume == "last" else resume)
     metrics = trainer.train()

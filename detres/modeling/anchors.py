@@ -1,7 +1,10 @@
 """Anchor generation: ``len(sizes[l]) * len(aspect_ratios)`` anchors at every location of
 feature level ``l``, in the same order and with the same values as torchvision's
 ``AnchorGenerator`` (aspect ratio = height / width, zero-centred cell anchors rounded to
-integers, shifted by ``stride * (x, y)``).
+integers, shifted by ``stride * (x, y)``). With ``round_anchors=False`` and fixed
+``strides`` the values are Detectron2's ``DefaultAnchorGenerator`` (no rounding, the levels'
+nominal strides); Detectron2 orders a location's anchors size-major, which only matters for
+several sizes per level (C4) and is handled by the weight converter, not here.
 
 Shape shorthand: L levels, Hi x Wi feature size of level i, A anchors per location.
 """
@@ -15,9 +18,19 @@ from torch import Tensor, nn
 
 
 def cell_anchors(
-    sizes: Sequence[float], aspect_ratios: Sequence[float], *, dtype: torch.dtype = torch.float32
+    sizes: Sequence[float], aspect_ratios: Sequence[float], *, dtype: torch.dtype = torch.float32,
+    round_anchors: bool = True,
 ) -> Tensor:
-    """Zero-centred anchors ``(A, 4)``, ratio-major: ``A = len(aspect_ratios) * len(sizes)``."""
+    """Zero-centred anchors ``(A, 4)``, ratio-major: ``A = len(aspect_ratios) * len(sizes)``;
+    rounded to integers as torchvision does (Detectron2: not rounded)."""
+    if not round_anchors:  # Detectron2's arithmetic: w = sqrt(size^2 / ratio), h = ratio * w
+        out = []
+        for r in aspect_ratios:
+            for s in sizes:
+                w = (s * s / r) ** 0.5
+                h = r * w
+                out.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(out, dtype=dtype)
     scales = torch.as_tensor(sizes, dtype=dtype)
     ratios = torch.as_tensor(aspect_ratios, dtype=dtype)
     h_ratios = torch.sqrt(ratios)
@@ -41,15 +54,22 @@ class AnchorGenerator(nn.Module):
         *,
         sizes: Sequence[Sequence[float]] = ((32, 64, 128, 256, 512),),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        round_anchors: bool = True,
+        strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not sizes or any(len(s) == 0 for s in sizes):
             raise ValueError(f"anchor sizes must be a non-empty list per level, got {sizes}")
         if not aspect_ratios:
             raise ValueError("anchor aspect_ratios must not be empty")
+        if strides is not None and len(strides) != len(sizes):
+            raise ValueError(f"{len(sizes)} anchor levels but {len(strides)} strides")
         self.sizes = [list(s) for s in sizes]
         self.aspect_ratios = list(aspect_ratios)
-        self._cells = [cell_anchors(s, self.aspect_ratios) for s in self.sizes]
+        #: fixed strides per level (Detectron2), else padded image size // feature size
+        self.strides = list(strides) if strides is not None else None
+        self._cells = [cell_anchors(s, self.aspect_ratios, round_anchors=round_anchors)
+                       for s in self.sizes]
         self._cache: dict[tuple[int, int, int, int, int, str, torch.dtype], Tensor] = {}
 
     @property
@@ -96,7 +116,10 @@ class AnchorGenerator(nn.Module):
         out = []
         for level, feat in enumerate(features):
             gh, gw = int(feat.shape[-2]), int(feat.shape[-1])
-            stride = (int(padded_hw[0]) // gh, int(padded_hw[1]) // gw)
+            if self.strides is not None:
+                stride = (self.strides[level], self.strides[level])
+            else:
+                stride = (int(padded_hw[0]) // gh, int(padded_hw[1]) // gw)
             dtype = torch.float64 if feat.dtype == torch.float64 else torch.float32  # not bf16
             out.append(self.grid_anchors(level, (gh, gw), stride, feat.device, dtype))
         return out

@@ -35,10 +35,13 @@ def clip_boxes(boxes: Tensor, sizes_hw: Tensor) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
-def nonempty(boxes: Tensor, min_size: float) -> Tensor:
-    """Mask of boxes whose width and height are both ``>= min_size`` (torchvision's rule)."""
+def nonempty(boxes: Tensor, min_size: float, *, strict: bool = False) -> Tensor:
+    """Mask of boxes whose width and height are both ``>= min_size`` (torchvision's rule), or
+    ``> min_size`` with ``strict`` (Detectron2's ``Boxes.nonempty``)."""
     ws = boxes[..., 2] - boxes[..., 0]
     hs = boxes[..., 3] - boxes[..., 1]
+    if strict:
+        return (ws > min_size) & (hs > min_size)
     return (ws >= min_size) & (hs >= min_size)
 
 

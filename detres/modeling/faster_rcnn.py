@@ -30,6 +30,7 @@ from detres.config import Config, ConfigError, ModelCfg
 from detres.modeling.anchors import AnchorGenerator
 from detres.modeling.backbones import Backbone, ShapeSpec, build_backbone
 from detres.modeling.backbones.fpn import FPN
+from detres.modeling.box_ops import nonempty
 from detres.modeling.roi_heads import (
     FastRCNNPredictor,
     MultiLevelPooler,
@@ -69,6 +70,9 @@ class FasterRCNN(nn.Module):
         resize_rule: str = "torchvision",
         trunk_keys: dict[str, str] | None = None,
         trunk_head: str = "fc",
+        input_format: str = "RGB",
+        pixel_range: float = 1.0,
+        drop_empty: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.neck, self.rpn, self.roi_heads = backbone, neck, rpn, roi_heads
@@ -79,6 +83,9 @@ class FasterRCNN(nn.Module):
         self.min_size_test, self.max_size_test = min_size_test, max_size_test
         self.size_divisibility = size_divisibility
         self.resize_rule = resize_rule
+        self.input_format, self.pixel_range = input_format, float(pixel_range)
+        #: drop detections left empty by the final rescale (Detectron2's detector_postprocess)
+        self.drop_empty = drop_empty
         #: classification-network key -> this model's key, for every trunk parameter/buffer
         self.trunk_keys = dict(trunk_keys or {})
         #: the classification head's name in a classifier's state dict (not in a detector)
@@ -97,8 +104,20 @@ class FasterRCNN(nn.Module):
 
     # ------------------------------------------------------------------------ pieces
 
+    def input_spec(self) -> dict[str, Any]:
+        """What the network expects of its input (recorded in checkpoints)."""
+        return {"format": self.input_format, "pixel_range": self.pixel_range,
+                "pixel_mean": [float(v) for v in self.pixel_mean.flatten()],
+                "pixel_std": [float(v) for v in self.pixel_std.flatten()]}
+
     def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
-        """``(x - mean) / std``, with the bottom/right padding of each image kept at zero."""
+        """RGB images in [0, 1] (a loader batch) -> the network's input: channels reversed for
+        a BGR network, scaled to ``pixel_range``, ``(x - mean) / std``; the bottom/right
+        padding of each image kept at zero."""
+        if self.input_format == "BGR":
+            images = images.flip(1)
+        if self.pixel_range != 1.0:
+            images = images * self.pixel_range
         x = (images - self.pixel_mean) / self.pixel_std
         h = torch.tensor([s[0] for s in image_sizes], device=x.device)
         w = torch.tensor([s[1] for s in image_sizes], device=x.device)
@@ -218,10 +237,23 @@ class FasterRCNN(nn.Module):
         batch, sizes = self.preprocess(images)
         dets = self.inference(batch, sizes)
         ids = torch.tensor(self.category_ids, device=batch.device)
+        out = []
         for det, img, size in zip(dets, images, sizes, strict=True):
-            det["boxes"] = boxes_to_original(det["boxes"], size, tuple(img.shape[-2:]))
+            det = self.to_original(det, size, (int(img.shape[-2]), int(img.shape[-1])))
             det["labels"] = ids[det["labels"] - 1]
-        return dets
+            out.append(det)
+        return out
+
+    def to_original(self, det: dict[str, Tensor], resized: tuple[int, int],
+                    original: tuple[int, int]) -> dict[str, Tensor]:
+        """One image's detections in original-image pixels (``tools/eval.py`` and
+        ``predict`` alike); with ``drop_empty`` the boxes the rescale left empty go."""
+        boxes = boxes_to_original(det["boxes"], resized, original)
+        det = {**det, "boxes": boxes}
+        if self.drop_empty:
+            keep = nonempty(boxes, 0.0, strict=True)
+            det = {k: v[keep] for k, v in det.items()}
+        return det
 
 
 # ---------------------------------------------------------------------------- build
@@ -247,7 +279,8 @@ def _c4(m: ModelCfg, backbone: Backbone) -> dict[str, Any]:
     pooler = SingleLevelPooler(feature="res4", kind=m.roi_heads.pooler,
                                output_size=m.roi_heads.pooler_resolution,
                                stride=shapes["res4"].stride,
-                               sampling_ratio=m.roi_heads.sampling_ratio)
+                               sampling_ratio=m.roi_heads.sampling_ratio,
+                               aligned=_aligned(m, True))
     return {"neck": None, "features": ["res4"], "rpn_channels": shapes["res4"].channels,
             "pooler": pooler, "box_head": Res5Head(backbone.split_last_stage()),
             "head_dim": shapes["res5"].channels}
@@ -264,7 +297,8 @@ def _vgg(m: ModelCfg, backbone: Backbone) -> dict[str, Any]:
                           f"RoIs, got {m.roi_heads.pooler_resolution}")
     pooler = SingleLevelPooler(feature="conv5_3", kind=m.roi_heads.pooler, output_size=7,
                                stride=shapes["conv5_3"].stride,
-                               sampling_ratio=m.roi_heads.sampling_ratio)
+                               sampling_ratio=m.roi_heads.sampling_ratio,
+                               aligned=_aligned(m, True))
     return {"neck": None, "features": ["conv5_3"], "rpn_channels": shapes["conv5_3"].channels,
             "pooler": pooler, "box_head": VGGFCHead(backbone.split_fc_head()),  # type: ignore[operator]
             "head_dim": int(backbone.num_features)}
@@ -284,11 +318,18 @@ def _fpn(m: ModelCfg, backbone: Backbone) -> dict[str, Any]:
     pooler = MultiLevelPooler(features=[name for name, _ in levels],
                               strides=[shape.stride for _, shape in levels],
                               output_size=m.roi_heads.pooler_resolution,
-                              sampling_ratio=m.roi_heads.sampling_ratio)
+                              sampling_ratio=m.roi_heads.sampling_ratio,
+                              aligned=_aligned(m, m.rules == "detectron2"),
+                              level_rule=m.rules)
     box_head = TwoMLPHead(in_features=m.fpn.out_channels * m.roi_heads.pooler_resolution**2,
                           fc_dim=m.roi_heads.fc_dim)
     return {"neck": neck, "features": feats, "rpn_channels": m.fpn.out_channels,
-            "pooler": pooler, "box_head": box_head, "head_dim": m.roi_heads.fc_dim}
+            "pooler": pooler, "box_head": box_head, "head_dim": m.roi_heads.fc_dim,
+            "rpn_strides": [s.stride for s in neck.output_shape().values()]}
+
+
+def _aligned(m: ModelCfg, default: bool) -> bool:
+    return default if m.roi_heads.pooler_aligned is None else bool(m.roi_heads.pooler_aligned)
 
 
 FAMILIES: dict[str, Callable[[ModelCfg, Backbone], dict[str, Any]]] = {
@@ -297,18 +338,21 @@ FAMILIES: dict[str, Callable[[ModelCfg, Backbone], dict[str, Any]]] = {
 ARCHS = tuple(FAMILIES)
 
 
-def build_rpn(m: ModelCfg, in_channels: int) -> RPN:
-    r = m.rpn
+def build_rpn(m: ModelCfg, in_channels: int, strides: list[int]) -> RPN:
+    r, d2 = m.rpn, m.rules == "detectron2"
     return RPN(in_channels=in_channels,
                anchor_generator=AnchorGenerator(sizes=m.anchors.sizes,
-                                                aspect_ratios=m.anchors.aspect_ratios),
+                                                aspect_ratios=m.anchors.aspect_ratios,
+                                                round_anchors=not d2,
+                                                strides=strides if d2 else None),
                pre_nms_topk_train=r.pre_nms_topk_train, post_nms_topk_train=r.post_nms_topk_train,
                pre_nms_topk_test=r.pre_nms_topk_test, post_nms_topk_test=r.post_nms_topk_test,
                nms_thresh=r.nms_thresh, min_box_size=r.min_box_size,
                batch_size_per_image=r.batch_size_per_image,
                positive_fraction=r.positive_fraction, fg_iou_thresh=r.fg_iou_thresh,
                bg_iou_thresh=r.bg_iou_thresh, bbox_reg_weights=r.bbox_reg_weights,
-               smooth_l1_beta=r.smooth_l1_beta, loss_weight=r.loss_weight)
+               smooth_l1_beta=r.smooth_l1_beta, loss_weight=r.loss_weight,
+               strict_min_size=d2)
 
 
 def build_roi_heads(m: ModelCfg, pooler: nn.Module, box_head: nn.Module,
@@ -322,7 +366,8 @@ def build_roi_heads(m: ModelCfg, pooler: nn.Module, box_head: nn.Module,
                     bg_iou_thresh=rh.bg_iou_thresh, bg_iou_thresh_lo=rh.bg_iou_thresh_lo,
                     bbox_reg_weights=rh.bbox_reg_weights, smooth_l1_beta=rh.smooth_l1_beta,
                     score_thresh_test=rh.score_thresh_test, nms_thresh_test=rh.nms_thresh_test,
-                    detections_per_image=rh.detections_per_image)
+                    detections_per_image=rh.detections_per_image,
+                    min_test_box_size=None if m.rules == "detectron2" else 1e-2)
 
 
 def build_detector(cfg: Config) -> FasterRCNN:
@@ -340,6 +385,7 @@ def build_detector(cfg: Config) -> FasterRCNN:
     # its share (res5, fc6/fc7): the weight loader's classifier -> detector key table
     whole = {id(t): k for k, t in backbone.state_dict(keep_vars=True).items()}
     trunk_head = backbone.head_name
+    shapes_before = backbone.output_shape()  # before a family splits the last stage off
     p = FAMILIES[m.arch](m, backbone)
     neck = p["neck"]
     num_levels = len(neck.output_shape()) if isinstance(neck, FPN) else 1
@@ -349,13 +395,15 @@ def build_detector(cfg: Config) -> FasterRCNN:
             f"{len(m.anchors.sizes)} size list(s) were given: {m.anchors.sizes}"
         )
     i = m.input
+    strides = p.get("rpn_strides") or [shapes_before[f].stride for f in p["features"]]
     model = FasterRCNN(
         backbone=backbone, neck=neck, backbone_features=p["features"],
-        rpn=build_rpn(m, p["rpn_channels"]),
+        rpn=build_rpn(m, p["rpn_channels"], strides),
         roi_heads=build_roi_heads(m, p["pooler"], p["box_head"], p["head_dim"]),
         num_classes=m.num_classes, pixel_mean=i.pixel_mean, pixel_std=i.pixel_std,
         min_size_test=i.min_size_test, max_size_test=i.max_size_test,
         size_divisibility=i.size_divisibility, resize_rule=i.resize_rule, trunk_head=trunk_head,
+        input_format=i.format, pixel_range=i.pixel_range, drop_empty=m.rules == "detectron2",
     )
     model.trunk_keys = {whole[id(t)]: k for k, t in model.state_dict(keep_vars=True).items()
                         if id(t) in whole}

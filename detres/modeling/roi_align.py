@@ -151,6 +151,19 @@ def _pool_dtype(x: Tensor) -> torch.dtype:
     return torch.float32
 
 
+def fpn_levels(boxes: Tensor, k_min: int, k_max: int, rule: str = "torchvision") -> Tensor:
+    """FPN Eq. 1: each box's level index in ``[0, k_max - k_min]`` (canonical 224 px at level
+    4): torchvision's ``LevelMapper`` (epsilon 1e-6 after the logarithm) or Detectron2's
+    ``assign_boxes_to_levels`` (epsilon 1e-8 inside it)."""
+    if rule == "torchvision":
+        return LevelMapper(k_min, k_max)([boxes])
+    if rule != "detectron2":
+        raise ValueError(f"FPN level rule {rule!r} is not one of torchvision, detectron2")
+    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    lvl = torch.floor(4 + torch.log2(sizes / 224 + 1e-8)).clamp(min=k_min, max=k_max)
+    return lvl.to(torch.int64) - k_min
+
+
 def multilevel_roi_align(
     features: Sequence[Tensor],
     strides: Sequence[int],
@@ -158,10 +171,11 @@ def multilevel_roi_align(
     output_size: int,
     sampling_ratio: int,
     aligned: bool = False,
+    level_rule: str = "torchvision",
 ) -> Tensor:
     """``MultiScaleRoIAlign``: each RoI pooled from its FPN level -> ``(R, C, S, S)``."""
     levels = [int(round(math.log2(st))) for st in strides]
-    lvl = LevelMapper(levels[0], levels[-1])([rois[:, 1:]])  # FPN Eq. 1, torchvision's rule
+    lvl = fpn_levels(rois[:, 1:], levels[0], levels[-1], level_rule)
     c, s = features[0].shape[1], int(output_size)
     dtype = _pool_dtype(features[0])
     # (R, S, S, C); every row is written once below (each RoI has exactly one level)

@@ -61,12 +61,13 @@ class SingleLevelPooler(nn.Module):
     map: ``(N, C, H, W)`` + R RoIs -> ``(R, C, S, S)``."""
 
     def __init__(
-        self, *, feature: str, kind: str, output_size: int, stride: int, sampling_ratio: int = 0
+        self, *, feature: str, kind: str, output_size: int, stride: int, sampling_ratio: int = 0,
+        aligned: bool = True,
     ) -> None:
         super().__init__()
         if kind not in ("ROIAlign", "ROIPool"):
             raise ValueError(f"model.roi_heads.pooler: {kind!r} is not one of ROIAlign, ROIPool")
-        self.feature, self.kind = feature, kind
+        self.feature, self.kind, self.aligned = feature, kind, aligned
         self.output_size, self.scale, self.sampling_ratio = (
             output_size,
             1.0 / stride,
@@ -82,14 +83,17 @@ class SingleLevelPooler(nn.Module):
         x = features[self.feature]
         rois = _rois(proposals).float()  # (R, 5)
         if self.kind == "ROIAlign":  # pools in float32, returns x.dtype
-            return roi_align(x, rois, self.output_size, self.scale, self.sampling_ratio, True)
+            return roi_align(x, rois, self.output_size, self.scale, self.sampling_ratio,
+                             self.aligned)
         size = (self.output_size, self.output_size)
         return roi_pool(x.float(), rois, size, self.scale).to(x.dtype)
 
 
 class MultiLevelPooler(nn.Module):
     """torchvision's ``MultiScaleRoIAlign`` (FPN level assignment by box size, canonical 224 px
-    at level 4, ``aligned=False``) on detres' RoIAlign kernel; ``strides`` of the levels."""
+    at level 4, ``aligned=False``) on detres' RoIAlign kernel; ``strides`` of the levels.
+    ``level_rule="detectron2"`` with ``aligned=True`` is Detectron2's ``ROIPooler`` with
+    ROIAlignV2 (its epsilon inside the logarithm)."""
 
     def __init__(
         self,
@@ -98,12 +102,15 @@ class MultiLevelPooler(nn.Module):
         strides: list[int],
         output_size: int = 7,
         sampling_ratio: int = 2,
+        aligned: bool = False,
+        level_rule: str = "torchvision",
     ) -> None:
         super().__init__()
         if len(features) != len(strides):
             raise ValueError(f"{len(features)} pooled levels but {len(strides)} strides")
         self.features, self.strides = list(features), list(strides)
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
+        self.aligned, self.level_rule = aligned, level_rule
 
     def forward(
         self,
@@ -114,7 +121,8 @@ class MultiLevelPooler(nn.Module):
         rois = _rois(proposals).float()  # (R, 5)
         feats = [features[k] for k in self.features]
         return multilevel_roi_align(
-            feats, self.strides, rois, self.output_size, self.sampling_ratio, aligned=False
+            feats, self.strides, rois, self.output_size, self.sampling_ratio,
+            aligned=self.aligned, level_rule=self.level_rule,
         )
 
 
@@ -209,9 +217,12 @@ class ROIHeads(nn.Module):
         score_thresh_test: float = 0.05,
         nms_thresh_test: float = 0.5,
         detections_per_image: int = 100,
+        min_test_box_size: float | None = 1e-2,
     ) -> None:
         super().__init__()
         self.box_pooler, self.box_head, self.box_predictor = pooler, box_head, box_predictor
+        #: torchvision drops detections under 1e-2 px; Detectron2 (None) keeps every one
+        self.min_test_box_size = min_test_box_size
         self.num_classes = num_classes
         self.matcher = Matcher(high_threshold=fg_iou_thresh, low_threshold=bg_iou_thresh)
         self.bg_iou_thresh_lo = bg_iou_thresh_lo
@@ -337,7 +348,9 @@ class ROIHeads(nn.Module):
         boxes = clip_boxes(boxes, sizes[img][:, None, :])
         labels = torch.arange(1, k + 1, device=logits.device).expand(r, k)
         img = img[:, None].expand(r, k)
-        keep = (scores > self.score_thresh) & nonempty(boxes, 1e-2)  # (R, K)
+        keep = scores > self.score_thresh  # (R, K)
+        if self.min_test_box_size is not None:
+            keep &= nonempty(boxes, self.min_test_box_size)
         boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]  # flat
         kept = batched_nms(boxes, scores, img * (k + 1) + labels, self.nms_thresh)
         kept = keep_topk_per_image(kept, img, self.detections_per_image, n)

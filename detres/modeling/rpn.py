@@ -96,6 +96,7 @@ class RPN(nn.Module):
         bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
         smooth_l1_beta: float = 0.0,
         loss_weight: float = 1.0,
+        strict_min_size: bool = False,
     ) -> None:
         super().__init__()
         per_loc = anchor_generator.num_anchors_per_location()
@@ -119,8 +120,10 @@ class RPN(nn.Module):
             False: (pre_nms_topk_test, post_nms_topk_test),
         }
         self.nms_thresh = nms_thresh
-        # torchvision drops boxes under 1e-3 px; Detectron2 (min size 0) drops empty ones.
-        self.min_box_size = max(min_box_size, 1e-3)
+        # torchvision keeps boxes of at least 1e-3 px; Detectron2 (strict_min_size) keeps those
+        # wider and taller than min_box_size (0: every box that is not empty)
+        self.strict_min_size = strict_min_size
+        self.min_box_size = min_box_size if strict_min_size else max(min_box_size, 1e-3)
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
 
@@ -151,7 +154,7 @@ class RPN(nn.Module):
         boxes_t = torch.cat(boxes, dim=1)  # (N, sum k, 4)
         sizes = image_sizes_tensor(image_sizes, device)
         boxes_t = clip_boxes(boxes_t, sizes[:, None, :])
-        keep_mask = nonempty(boxes_t, self.min_box_size)  # (N, sum k)
+        keep_mask = nonempty(boxes_t, self.min_box_size, strict=self.strict_min_size)  # (N, sum k)
         image_index = batch.expand_as(keep_mask)[keep_mask]  # (N, sum k) -> (S,)
         flat_boxes = boxes_t[keep_mask]  # (S, 4)
         flat_scores = torch.cat(scores, dim=1)[keep_mask].sigmoid()

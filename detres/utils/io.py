@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -26,6 +29,67 @@ import numpy as np
 import torch
 
 from detres.utils.errors import InputError
+
+# (module, name) pairs a pickle of dicts, lists, str/bytes and numpy arrays may reference.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),  # the published files (numpy 1.x, protocol 2)
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5 pickles of numpy arrays
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"),  # bytes in protocol <= 2 pickles written by Python 3
+    ("builtins", "object"),
+    ("collections", "OrderedDict"),
+}
+_ALLOWED_DTYPE_MODULES = ("numpy", "numpy.dtypes")  # numpy >= 1.25 pickles dtype classes
+
+
+class UnsafePickleError(pickle.UnpicklingError, InputError):
+    """A pickle referenced a global outside the allow-list (refused before it runs)."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only resolves the numpy / builtin names needed for numpy arrays:
+    CIFAR batches, MSRA / Detectron model-zoo ``.pkl`` files. Anything else a pickle names
+    (a function, a class with a ``__reduce__``) is refused before any of it runs."""
+
+    def __init__(self, file: io.BufferedIOBase, *, source: str = "<pickle>",
+                 encoding: str = "bytes") -> None:
+        super().__init__(file, encoding=encoding)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module, name) in _ALLOWED_GLOBALS or (
+            module in _ALLOWED_DTYPE_MODULES and name.endswith("DType")
+        )
+        if not allowed:
+            raise UnsafePickleError(
+                f"{self.source}: refusing to load global {module}.{name} (only numpy arrays "
+                "and plain containers are allowed: data set and model-zoo pickles hold nothing "
+                "else)"
+            )
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = "numpy._core" + module[len("numpy.core") :]  # numpy 2 renamed the package
+        return getattr(importlib.import_module(module), name)
+
+
+def load_restricted_pickle(path: str | os.PathLike[str], *, encoding: str = "latin1") -> Any:
+    """A pickle file read with :class:`RestrictedUnpickler`; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f, source=str(path), encoding=encoding).load()  # type: ignore[arg-type]
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # truncated, not a pickle
+        raise CheckpointReadError(f"{path} cannot be read as a pickle: {type(e).__name__}: "
+                                  f"{e}") from None
 
 
 class CheckpointReadError(InputError):

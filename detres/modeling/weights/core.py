@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from detres.config import ModelCfg
@@ -184,16 +185,52 @@ def _free(model: nn.Module, key: str, trunk_only: bool) -> bool:
     return key.startswith(_head_name(model) + ".")
 
 
+# ------------------------------------------------------------------ input convention
+
+
+def input_spec(i: Any) -> dict[str, Any]:
+    """The input convention of a :class:`~detres.config.InputCfg`."""
+    return {"format": i.format, "pixel_range": float(i.pixel_range),
+            "pixel_mean": [float(v) for v in i.pixel_mean],
+            "pixel_std": [float(v) for v in i.pixel_std]}
+
+
+def same_input(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two input conventions are the same (format, range, mean and std to 1e-4)."""
+    if a.get("format") != b.get("format"):
+        return False
+    if abs(float(a.get("pixel_range", 1.0)) - float(b.get("pixel_range", 1.0))) > 1e-6:
+        return False
+    return all(np.allclose(a.get(k, []), b.get(k, []), rtol=0, atol=1e-4)
+               for k in ("pixel_mean", "pixel_std"))
+
+
+def describe_input(spec: Mapping[str, Any]) -> str:
+    rng = spec.get("pixel_range", 1.0)
+    return (f"{spec.get('format')} in [0, {rng:g}], mean {list(spec.get('pixel_mean', []))}, "
+            f"std {list(spec.get('pixel_std', []))}")
+
+
 # --------------------------------------------------------------------------- loading
 
 
-def load_weights(model: nn.Module, src: str | Path | Weights, *,
-                 policy: str = "trunk") -> LoadReport:
-    """Load ``src`` (a path or :class:`Weights`) into ``model`` in place, by ``policy``."""
+def load_weights(model: nn.Module, src: str | Path | Weights, *, policy: str = "trunk",
+                 expect_input: Mapping[str, Any] | None = None) -> LoadReport:
+    """Load ``src`` (a path or :class:`Weights`) into ``model`` in place, by ``policy``.
+
+    When the file records its input convention (``meta["input"]``), it must equal the
+    model's: ``expect_input`` (a classifier's config) or, for a detector, its own
+    normalization; else a :class:`WeightsError` names both."""
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r} is not one of {POLICIES}")
     w = src if isinstance(src, Weights) else read_weights(src)
     m = _unwrap(model)
+    expect = expect_input or (m.input_spec() if isinstance(m, FasterRCNN) else None)
+    stored = w.meta.get("input")
+    if expect is not None and isinstance(stored, Mapping) and not same_input(stored, expect):
+        raise WeightsError(f"{w.source} was trained on input {describe_input(stored)} but the "
+                           f"model is set up for {describe_input(expect)} (model.input); "
+                           "give the config the checkpoint's convention")
     state, dropped, trunk_only = _map_keys(m, w)
     target = m.state_dict()
 
@@ -289,10 +326,13 @@ def load_pretrained(model: nn.Module, model_cfg: ModelCfg, *,
     model: strict, or with the ``trunk`` policy when ``finetune``, i.e. training may change
     the class count), else ``model.backbone.weights`` (a classification trunk, ``trunk``
     policy). Nothing to load: None."""
+    expect = input_spec(model_cfg.input)
     if model_cfg.weights:
-        return load_weights(model, model_cfg.weights, policy="trunk" if finetune else "strict")
+        return load_weights(model, model_cfg.weights, policy="trunk" if finetune else "strict",
+                            expect_input=expect)
     if model_cfg.backbone.weights:
-        return load_weights(model, model_cfg.backbone.weights, policy="trunk")
+        return load_weights(model, model_cfg.backbone.weights, policy="trunk",
+                            expect_input=expect)
     return None
 
 
