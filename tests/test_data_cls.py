@@ -21,7 +21,6 @@ from detres.config import ClsAugCfg, Config, DatasetCfg
 from detres.data import DATASET_FORMATS, GENERATORS, build_source
 from detres.data import synthetic_cls as syn
 from detres.data.cifar import CifarSource
-from detres.utils.io import RestrictedUnpickler
 from detres.data.cls_loader import (
     ClsDataset,
     build_cls_dataset,
@@ -33,6 +32,7 @@ from detres.data.cls_transforms import geometric_transforms as geo
 from detres.data.imagefolder import ImageFolderSource, read_image_rgb
 from detres.data.samplers import InferenceSampler
 from detres.data.sampling import InfiniteSampler
+from detres.utils.io import RestrictedUnpickler
 
 RNG = np.random.default_rng(0)
 

@@ -33,15 +33,15 @@ from detres.modeling.weights.zoo import detectron2_checkpoint, msra_checkpoint
 from detres.utils.errors import InputError
 from detres.utils.io import atomic_save
 
-DEFAULT_CFG = {"torchvision": "coco_r50_fpn.yaml", "msra": None, "detectron2": None}
+DEFAULT_CFG = {"torchvision": "coco_r50_fpn.yaml"}
 
 
 def convert(args: argparse.Namespace) -> int:
     if not args.src.is_file():
         raise InputError(f"--src {str(args.src)!r}: no such file")
     if args.source == "torchvision":
-        cfg_name = args.cfg or str(find_config(DEFAULT_CFG["torchvision"]))
-        cfg = load_config(cfg_name, None if args.cfg else [])
+        cfg = load_config(args.cfg or str(find_config(DEFAULT_CFG["torchvision"])),
+                          args.overrides)
         state = read_weights(args.src).state
         try:
             ckpt = torchvision_frcnn_checkpoint(state, cfg, src_bn_eps=args.src_bn_eps)
@@ -50,13 +50,13 @@ def convert(args: argparse.Namespace) -> int:
     elif args.source == "msra":
         name = args.src.stem.lower()  # R-50.pkl, R-101.pkl
         depth = "".join(c for c in name if c.isdigit()) or "50"
-        cfg = load_config(args.cfg or f"imagenet_resnet{depth}.yaml")
+        cfg = load_config(args.cfg or f"imagenet_resnet{depth}_msra.yaml", args.overrides)
         ckpt = msra_checkpoint(args.src, cfg)
     else:
         if not args.cfg:
             raise InputError("--from detectron2 needs --cfg: the detres config of the same "
                              "detector (e.g. coco_r101_c4_3x.yaml, coco_r50_fpn_3x.yaml)")
-        ckpt = detectron2_checkpoint(args.src, load_config(args.cfg))
+        ckpt = detectron2_checkpoint(args.src, load_config(args.cfg, args.overrides))
     atomic_save(ckpt, args.out)
     print(f"wrote {args.out} ({len(ckpt['model'])} tensors, from {args.source}, "
           f"config {args.cfg or 'default'})")
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src-bn-eps", type=float, default=0.0,
                    help="torchvision: BatchNorm eps the weights expect (0.0 for COCO_V1)")
     add_debug_flag(p)
-    args = p.parse_args(argv)
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    args = p.parse_intermixed_args(argv)
     return run_cli("convert_weights.py", lambda: convert(args), debug=args.debug)
 
 

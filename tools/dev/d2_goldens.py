@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""Regenerate tests/goldens/detectron2/ from Detectron2's own code (not run by the tests).
+
+    git clone https://github.com/facebookresearch/detectron2 /tmp/d2src
+    pip install --target /tmp/d2deps --no-deps termcolor yacs tabulate cloudpickle \\
+        "fvcore==0.1.5.post20221221" "iopath==0.1.9" portalocker
+    PYTHONPATH=/tmp/d2src:/tmp/d2deps python tools/dev/d2_goldens.py --d2 /tmp/d2src
+
+Detectron2 runs from source on the CPU (its compiled ``_C`` is only needed for deformable
+convolutions). For R101-C4 and R50-FPN at reduced width (stem 4, bottleneck 4, res2 16; FPN
+16 channels, fc 32) it builds the model from the model zoo's own YAML, gives it random weights
+that behave like trained ones (each frozen BN's statistics measured on a synthetic image,
+layer by layer; class scores and RPN logits spread), rounds every tensor to float16 (so the
+``.pkl`` stored as float16 holds exactly what Detectron2 ran), writes it in the model zoo's
+``.pkl`` format, loads it back through Detectron2's ``DetectionCheckpointer`` and records
+``DefaultPredictor``'s detections on an image that needs no resize. The same trunks, renamed
+to Caffe2 names with an ``fc1000``, are the MSRA-format files, loaded by Detectron2's Caffe2
+name conversion, whose res2..res5 features are recorded. Last, Detectron2's
+``ResizeShortestEdge`` on an image that does need a resize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+OUT = Path(__file__).resolve().parents[2] / "tests" / "goldens" / "detectron2"
+WIDTH = 4
+MODELS = {
+    "r101_c4": "COCO-Detection/faster_rcnn_R_101_C4_3x.yaml",
+    "r50_fpn": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+}
+DET_IMAGE_HW = (160, 224)  # min_size_test 160: no resize
+FEATURE_IMAGE_HW = (96, 128)
+
+
+def image(hw: tuple[int, int], seed: int) -> np.ndarray:
+    """A smooth synthetic BGR uint8 image (blobs, not white noise)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (hw[0] // 16 + 2, hw[1] // 16 + 2, 3)).astype(np.float32)
+    img = cv2.resize(coarse, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def d2_cfg(d2: Path, name: str):  # noqa: ANN201
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(d2 / "configs" / MODELS[name]))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = WIDTH
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = WIDTH
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 4 * WIDTH
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
+    cfg.INPUT.MIN_SIZE_TEST = DET_IMAGE_HW[0]
+    cfg.INPUT.MAX_SIZE_TEST = 256
+    return cfg
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, img: np.ndarray, seed: int) -> None:
+    """Calibrated random weights: frozen-BN statistics of their inputs on ``img``, residual
+    branches scaled down (a random deep net is otherwise chaotic: float32 rounding alone
+    moves its boxes), spread RPN logits and class scores; every tensor rounded to float16."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("weight") and p.dim() > 1:
+            p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
+        elif name.endswith("bias"):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    for name, m in model.named_modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.4 + 0.2)
+            m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+            if name.endswith("conv3.norm"):  # small residual branches: a well-conditioned
+                m.weight.mul_(0.25)  # deep net, as trained ones are (not chaotic in float32)
+    head = model.proposal_generator.rpn_head
+    head.objectness_logits.weight.mul_(3.0)
+    head.anchor_deltas.weight.mul_(0.3)
+    pred = model.roi_heads.box_predictor
+    pred.cls_score.weight.copy_(torch.randn(pred.cls_score.weight.shape, generator=g) * 0.3)
+    pred.cls_score.bias.copy_(torch.randn(pred.cls_score.bias.shape, generator=g))
+    pred.bbox_pred.weight.mul_(0.1)
+
+    def stats(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].float()
+        mod.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        mod.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-3)
+
+    hooks = [m.register_forward_pre_hook(stats) for m in model.modules()
+             if isinstance(m, FrozenBatchNorm2d)]
+    model.eval()
+    x = torch.as_tensor(img.astype("float32").transpose(2, 0, 1))
+    model([{"image": x, "height": img.shape[0], "width": img.shape[1]}])
+    for h in hooks:
+        h.remove()
+    for t in list(model.state_dict().values()):
+        if t.is_floating_point():
+            t.copy_(t.half().float())
+
+
+def to_caffe2(d2_state: dict[str, torch.Tensor], fc: np.ndarray) -> dict[str, np.ndarray]:
+    """A D2 ResNet's tensors under MSRA / Caffe2 names, plus ``fc1000``. MSRA's batch norms are
+    affine only (Detectron2 runs them with mean 0, variance 1): the calibrated statistics are
+    folded into the affine terms, so the network computes what the calibrated one does."""
+    d2_state = dict(d2_state)
+    eps = 1e-5
+    for k in [k for k in d2_state if k.endswith("norm.running_mean")]:
+        base = k[: -len("running_mean")]
+        m, v = d2_state[k].double(), d2_state[base + "running_var"].double()
+        w, b = d2_state[base + "weight"].double(), d2_state[base + "bias"].double()
+        d2_state[base + "weight"] = (w * (1 + eps) ** 0.5 / (v + eps).sqrt()).float()
+        d2_state[base + "bias"] = (b - m * w / (v + eps).sqrt()).float()
+    out: dict[str, np.ndarray] = {}
+    for k, v in d2_state.items():
+        k = k.replace("backbone.bottom_up.", "").replace("backbone.", "").replace("roi_heads.", "")
+        a = v.numpy().astype(np.float16)
+        if k.startswith("stem.conv1."):
+            rest = k[len("stem.conv1."):]
+            name = {"weight": "conv1_w", "norm.weight": "res_conv1_bn_s",
+                    "norm.bias": "res_conv1_bn_b"}.get(rest)
+        elif k.startswith("res") and k[3].isdigit() and "." in k:
+            stage, block, part = k.split(".", 2)
+            conv, _, rest = part.partition(".")
+            branch = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c",
+                      "shortcut": "branch1"}.get(conv)
+            suffix = {"weight": "_w", "norm.weight": "_bn_s", "norm.bias": "_bn_b"}.get(rest)
+            name = f"{stage}_{block}_{branch}{suffix}" if branch and suffix else None
+        else:
+            name = None
+        if name is not None:
+            out[name] = a
+    out["fc1000_w"] = fc.astype(np.float16)
+    out["fc1000_b"] = np.zeros(fc.shape[0], np.float16)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--d2", type=Path, required=True,
+                   help="the Detectron2 source tree (for its configs; import it via PYTHONPATH)")
+    a = p.parse_args()
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import transforms as T
+    from detectron2.engine import DefaultPredictor
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import build_model
+    from detectron2.modeling.backbone import build_resnet_backbone
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    det_img = image(DET_IMAGE_HW, seed=1)
+    feat_img = image(FEATURE_IMAGE_HW, seed=2)
+    cv2.imwrite(str(OUT / "det_image.png"), det_img)
+    cv2.imwrite(str(OUT / "feature_image.png"), feat_img)
+    golden: dict[str, object] = {"width": WIDTH, "det_image_hw": DET_IMAGE_HW}
+    features: dict[str, np.ndarray] = {}
+    for i, (name, zoo_yaml) in enumerate(MODELS.items()):
+        torch.manual_seed(i)
+        cfg = d2_cfg(a.d2, name)
+        model = build_model(cfg)
+        randomize(model, det_img, seed=10 + i)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        pkl = OUT / f"{name}.pkl"
+        with open(pkl, "wb") as f:
+            pickle.dump({"model": {k: v.numpy().astype(np.float16) for k, v in state.items()},
+                         "__author__": "detres goldens (random, calibrated)"}, f, protocol=4)
+        cfg.MODEL.WEIGHTS = str(pkl)
+        predictor = DefaultPredictor(cfg)  # Detectron2's own loading and preprocessing
+        inst = predictor(det_img)["instances"]
+        golden[name] = {"zoo_config": zoo_yaml, "boxes": inst.pred_boxes.tensor.tolist(),
+                        "scores": inst.scores.tolist(), "classes": inst.pred_classes.tolist()}
+        print(f"{name}: {len(inst)} detections")
+        # the same trunk as an MSRA ImageNet file, loaded by Detectron2's Caffe2 conversion
+        fc = np.random.default_rng(i).normal(0, 0.05, (1000, 32 * WIDTH))  # res5: 32w channels
+        trunk = {k: v for k, v in state.items() if "stem" in k or ".res" in k or
+                 k.startswith("roi_heads.res5")}
+        msra = to_caffe2(trunk, fc)
+        depth = "101" if "101" in name else "50"
+        with open(OUT / f"msra_R-{depth}.pkl", "wb") as f:
+            pickle.dump(msra, f, protocol=4)
+        bcfg = d2_cfg(a.d2, name)
+        bcfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+        backbone = build_resnet_backbone(bcfg, ShapeSpec(channels=3)).eval()
+        DetectionCheckpointer(backbone).load(str(OUT / f"msra_R-{depth}.pkl"))
+        mean = torch.tensor(bcfg.MODEL.PIXEL_MEAN).view(3, 1, 1)
+        std = torch.tensor(bcfg.MODEL.PIXEL_STD).view(3, 1, 1)
+        x = (torch.as_tensor(feat_img.astype("float32").transpose(2, 0, 1)) - mean) / std
+        with torch.no_grad():
+            out = backbone(x[None])
+        for k, v in out.items():
+            features[f"R-{depth}/{k}"] = v[0].numpy()
+    # Detectron2's ResizeShortestEdge on an image that needs a resize (PIL on uint8)
+    big = image((240, 352), seed=3)
+    aug = T.ResizeShortestEdge([160, 160], 256)
+    resized = aug.get_transform(big).apply_image(big)
+    cv2.imwrite(str(OUT / "resize_input.png"), big)
+    cv2.imwrite(str(OUT / "resize_output.png"), resized)
+    golden["resize"] = {"short": 160, "max_size": 256, "out_hw": list(resized.shape[:2])}
+    np.savez_compressed(OUT / "msra_features.npz", **features)
+    (OUT / "golden.json").write_text(json.dumps(golden, indent=1))
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
