@@ -177,3 +177,24 @@ def test_rpn_proposals_match_torchvision() -> None:
         assert len(r) == len(g) > 0
         torch.testing.assert_close(g, r)
         assert (g[:, 2] <= w).all() and (g[:, 3] <= h).all() and (g >= 0).all()
+
+
+
+def test_rpn_ranks_saturated_proposals_by_logits_under_detectron2_rules() -> None:
+    """float32's sigmoid ties logits 18 and 20 (both 1.0), so by probabilities which of two
+    overlapping boxes survives NMS is up to the sort; Detectron2 ranks by the logits: the box
+    with logit 20 survives, as ``nms`` on the logits says."""
+    from torchvision.ops import nms
+
+    from detres.modeling.rpn import RPNOutput
+
+    rpn = RPN(in_channels=4, anchor_generator=AnchorGenerator(sizes=[[32]]),
+              pre_nms_topk_test=10, post_nms_topk_test=2, rank_by_logits=True)
+    anchors = torch.tensor([[10.0, 10, 50, 50], [11, 11, 51, 51],  # IoU 0.9: one survives
+                            [60, 60, 90, 90], [0, 60, 20, 90]])
+    logits = torch.tensor([[18.0, 20.0, 5.0, 4.0]])
+    assert torch.sigmoid(logits[0, 0]) == torch.sigmoid(logits[0, 1])  # the tie
+    out = RPNOutput([anchors], [logits], [torch.zeros(1, 4, 4)])
+    got = rpn.proposals(out, [(100, 100)], training=False)[0]
+    assert torch.equal(got, anchors[nms(anchors, logits[0], 0.7)[:2]])
+    assert torch.equal(got, anchors[[1, 2]])

@@ -85,6 +85,23 @@ def test_detectron2_detector_gives_detectron2_detections(name: str, tmp_path: Pa
     assert abs(len(det["boxes"]) - len(ref[0])) <= max(1, len(ref[0]) // 100)
 
 
+def test_detectron2_training_checkpoint_converts_like_the_pkl(tmp_path: Path) -> None:
+    """A Detectron2 training checkpoint (``DetectionCheckpointer.save``: ``{"model": tensors,
+    "optimizer": ..., "scheduler": ..., "iteration": n}``) is read with ``weights_only=True``
+    and converts to the same detres tensors as the model-zoo ``.pkl``."""
+    pkl = read_zoo_file(GOLD / "r50_fpn.pkl")
+    pth = tmp_path / "model_0089999.pth"
+    torch.save({"model": {k: v.clone() for k, v in pkl.items()},
+                "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}},
+                              "param_groups": [{"lr": 0.02, "params": [0]}]},
+                "scheduler": {"base_lrs": [0.02], "last_epoch": 89999},
+                "iteration": 89999}, pth)
+    cfg = load_config("coco_r50_fpn_3x", SMALL)
+    a = detectron2_checkpoint(GOLD / "r50_fpn.pkl", cfg)["model"]
+    b = detectron2_checkpoint(pth, cfg)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("depth", ["50", "101"])
 def test_msra_resnet_features_and_logits(depth: str) -> None:
     cfg = load_config(f"imagenet_resnet{depth}.yaml",

@@ -97,6 +97,7 @@ class RPN(nn.Module):
         smooth_l1_beta: float = 0.0,
         loss_weight: float = 1.0,
         strict_min_size: bool = False,
+        rank_by_logits: bool = False,
     ) -> None:
         super().__init__()
         per_loc = anchor_generator.num_anchors_per_location()
@@ -124,6 +125,10 @@ class RPN(nn.Module):
         # wider and taller than min_box_size (0: every box that is not empty)
         self.strict_min_size = strict_min_size
         self.min_box_size = min_box_size if strict_min_size else max(min_box_size, 1e-3)
+        # torchvision ranks proposals (NMS, top-k) by sigmoid probabilities, Detectron2 by the
+        # logits: the same order except where float32's sigmoid saturates (logits above ~10
+        # collapse onto a few values near 1 and tie, and ties decide NMS and the top-k cut)
+        self.rank_by_logits = rank_by_logits
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
 
@@ -157,7 +162,9 @@ class RPN(nn.Module):
         keep_mask = nonempty(boxes_t, self.min_box_size, strict=self.strict_min_size)  # (N, sum k)
         image_index = batch.expand_as(keep_mask)[keep_mask]  # (N, sum k) -> (S,)
         flat_boxes = boxes_t[keep_mask]  # (S, 4)
-        flat_scores = torch.cat(scores, dim=1)[keep_mask].sigmoid()
+        flat_scores = torch.cat(scores, dim=1)[keep_mask]
+        if not self.rank_by_logits:
+            flat_scores = flat_scores.sigmoid()
         group = image_index * len(out.anchors) + torch.cat(levels, dim=1)[keep_mask]
         keep = batched_nms(flat_boxes, flat_scores, group, self.nms_thresh)
         keep = keep_topk_per_image(keep, image_index, post_k, n)
