@@ -40,8 +40,8 @@ def convert(args: argparse.Namespace) -> int:
     if not args.src.is_file():
         raise InputError(f"--src {str(args.src)!r}: no such file")
     if args.source == "torchvision":
-        cfg = load_config(args.cfg or str(find_config(DEFAULT_CFG["torchvision"])),
-                          args.overrides)
+        args.cfg = args.cfg or DEFAULT_CFG["torchvision"]
+        cfg = load_config(str(find_config(args.cfg)), args.overrides)
         state = read_weights(args.src).state
         try:
             ckpt = torchvision_frcnn_checkpoint(state, cfg, src_bn_eps=args.src_bn_eps)
@@ -50,7 +50,8 @@ def convert(args: argparse.Namespace) -> int:
     elif args.source == "msra":
         name = args.src.stem.lower()  # R-50.pkl, R-101.pkl
         depth = "".join(c for c in name if c.isdigit()) or "50"
-        cfg = load_config(args.cfg or f"imagenet_resnet{depth}_msra.yaml", args.overrides)
+        args.cfg = args.cfg or f"imagenet_resnet{depth}_msra.yaml"
+        cfg = load_config(args.cfg, args.overrides)
         ckpt = msra_checkpoint(args.src, cfg)
     else:
         if not args.cfg:
@@ -59,7 +60,7 @@ def convert(args: argparse.Namespace) -> int:
         ckpt = detectron2_checkpoint(args.src, load_config(args.cfg, args.overrides))
     atomic_save(ckpt, args.out)
     print(f"wrote {args.out} ({len(ckpt['model'])} tensors, from {args.source}, "
-          f"config {args.cfg or 'default'})")
+          f"config {args.cfg})")
     return 0
 
 
