@@ -14,10 +14,60 @@ from types import ModuleType
 import cv2
 import numpy as np
 import pytest
+import torch
+
+from detres.config import load_config
+from detres.modeling import FasterRCNN, build_detector, load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog",
                  b"horse", b"ship", b"truck"]
+
+
+TINY_FAMILIES = {  # detector families at tiny widths (build_tiny_detector)
+    "c4": [
+        "model.arch=faster_rcnn_c4",
+        "model.backbone.name=resnet50",
+        "model.backbone.width_per_group=8",
+    ],
+    "vgg": [
+        "model.arch=faster_rcnn_vgg",
+        "model.backbone.name=vgg16",
+        "model.backbone.width_per_group=4",
+        "model.roi_heads.pooler_resolution=7",
+    ],
+    "fpn": [
+        "model.arch=faster_rcnn_fpn",
+        "model.backbone.name=resnet50",
+        "model.backbone.width_per_group=8",
+        "model.backbone.stride_in_1x1=false",
+        "model.anchors.sizes=[[16],[32],[64],[128],[256]]",
+        "model.fpn.out_channels=32",
+        "model.roi_heads.pooler_resolution=7",
+        "model.roi_heads.sampling_ratio=2",
+        "model.roi_heads.fc_dim=64",
+    ],
+}
+TINY_FAMILY_COMMON = [
+    "task=det",
+    "model.num_classes=3",
+    "model.input.min_size_test=96",
+    "model.input.max_size_test=128",
+    "model.rpn.pre_nms_topk_test=300",
+    "model.rpn.post_nms_topk_test=100",
+    "model.rpn.pre_nms_topk_train=600",
+    "model.rpn.post_nms_topk_train=200",
+    "model.roi_heads.batch_size_per_image=64",
+]
+
+
+def build_tiny_detector(family: str, *extra: str) -> FasterRCNN:
+    """Built, then the weights the config names loaded (the explicit step)."""
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY_FAMILY_COMMON + TINY_FAMILIES[family] + list(extra))
+    model = build_detector(cfg)
+    load_pretrained(model, cfg.model)
+    return model
 
 
 # A ~0.2M-parameter ResNet-18-FPN on 128-192 px images: a few seconds per run on 2 cores.
@@ -184,6 +234,12 @@ def cifar10_writer() -> Callable[..., Path]:
 def imagefolder_writer() -> Callable[..., Path]:
     """:func:`write_imagefolder`."""
     return write_imagefolder
+
+
+@pytest.fixture(scope="session")
+def tiny_detector() -> Callable[..., FasterRCNN]:
+    """:func:`build_tiny_detector`: ``tiny_detector("c4" | "vgg" | "fpn", *overrides)``."""
+    return build_tiny_detector
 
 
 @pytest.fixture(scope="session")

@@ -3,64 +3,18 @@ predict, weight loading and the state-dict layout."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from detres.config import ConfigError, load_config
+from detres.config import ConfigError
 from detres.modeling import (
     FasterRCNN,
     build_classifier,
-    build_detector,
-    load_pretrained,
     load_weights,
 )
-
-TINY = {
-    "c4": [
-        "model.arch=faster_rcnn_c4",
-        "model.backbone.name=resnet50",
-        "model.backbone.width_per_group=8",
-    ],
-    "vgg": [
-        "model.arch=faster_rcnn_vgg",
-        "model.backbone.name=vgg16",
-        "model.backbone.width_per_group=4",
-        "model.roi_heads.pooler_resolution=7",
-    ],
-    "fpn": [
-        "model.arch=faster_rcnn_fpn",
-        "model.backbone.name=resnet50",
-        "model.backbone.width_per_group=8",
-        "model.backbone.stride_in_1x1=false",
-        "model.anchors.sizes=[[16],[32],[64],[128],[256]]",
-        "model.fpn.out_channels=32",
-        "model.roi_heads.pooler_resolution=7",
-        "model.roi_heads.sampling_ratio=2",
-        "model.roi_heads.fc_dim=64",
-    ],
-}
-COMMON = [
-    "task=det",
-    "model.num_classes=3",
-    "model.input.min_size_test=96",
-    "model.input.max_size_test=128",
-    "model.rpn.pre_nms_topk_test=300",
-    "model.rpn.post_nms_topk_test=100",
-    "model.rpn.pre_nms_topk_train=600",
-    "model.rpn.post_nms_topk_train=200",
-    "model.roi_heads.batch_size_per_image=64",
-]
-
-
-def tiny_detector(family: str, *extra: str) -> FasterRCNN:
-    """Built, then the weights the config names loaded (the explicit step)."""
-    torch.manual_seed(0)
-    cfg = load_config(None, COMMON + TINY[family] + list(extra))
-    model = build_detector(cfg)
-    load_pretrained(model, cfg.model)
-    return model
 
 
 def batch(empty: bool = False) -> tuple[torch.Tensor, list[dict]]:
@@ -83,7 +37,9 @@ def batch(empty: bool = False) -> tuple[torch.Tensor, list[dict]]:
 
 
 @pytest.mark.parametrize("family", ["c4", "vgg", "fpn"])
-def test_losses_and_every_parameter_gets_a_gradient(family: str) -> None:
+def test_losses_and_every_parameter_gets_a_gradient(
+    family: str, tiny_detector: Callable[..., FasterRCNN]
+) -> None:
     model = tiny_detector(family).train()
     images, targets = batch()
     losses = model(images, targets)
@@ -94,7 +50,7 @@ def test_losses_and_every_parameter_gets_a_gradient(family: str) -> None:
     assert not no_grad, no_grad
 
 
-def test_empty_images_give_zero_box_losses() -> None:
+def test_empty_images_give_zero_box_losses(tiny_detector: Callable[..., FasterRCNN]) -> None:
     model = tiny_detector("c4").train()
     images, targets = batch(empty=True)
     losses = model.losses(images, targets)
@@ -112,7 +68,9 @@ def test_empty_images_give_zero_box_losses() -> None:
     assert all(torch.isfinite(v) for v in model.losses(images, targets).values())
 
 
-def test_frozen_trunk_and_state_dict_layout(tmp_path: Path) -> None:
+def test_frozen_trunk_and_state_dict_layout(
+    tmp_path: Path, tiny_detector: Callable[..., FasterRCNN]
+) -> None:
     # a pretrain_cls-style classifier state dict loads into the detector, res5 included
     torch.manual_seed(1)
     cls = build_classifier("resnet50", num_classes=10, width_per_group=8)
@@ -145,7 +103,9 @@ def test_frozen_trunk_and_state_dict_layout(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("pooler", ["ROIAlign", "ROIPool"])
-def test_c4_poolers_run_and_inference_boxes_lie_inside_images(pooler: str) -> None:
+def test_c4_poolers_run_and_inference_boxes_lie_inside_images(
+    pooler: str, tiny_detector: Callable[..., FasterRCNN]
+) -> None:
     model = tiny_detector(
         "c4", f"model.roi_heads.pooler={pooler}", "model.roi_heads.score_thresh_test=0.0"
     )
@@ -162,7 +122,9 @@ def test_c4_poolers_run_and_inference_boxes_lie_inside_images(pooler: str) -> No
 
 
 @pytest.mark.parametrize("family", ["c4", "vgg", "fpn"])
-def test_predict_maps_boxes_and_labels_back(family: str) -> None:
+def test_predict_maps_boxes_and_labels_back(
+    family: str, tiny_detector: Callable[..., FasterRCNN]
+) -> None:
     model = tiny_detector(family, "model.roi_heads.score_thresh_test=0.0")
     model.set_classes(["cat", "dog", "bird"], [17, 18, 16])
     gen = torch.Generator().manual_seed(5)
@@ -178,7 +140,7 @@ def test_predict_maps_boxes_and_labels_back(family: str) -> None:
     assert dets[0]["boxes"][:, 2].max() > 128
 
 
-def test_normalize_keeps_padding_zero() -> None:
+def test_normalize_keeps_padding_zero(tiny_detector: Callable[..., FasterRCNN]) -> None:
     model = tiny_detector("c4")
     images, targets = batch()
     x = model.normalize(images, [t["image_size"] for t in targets])
@@ -188,7 +150,7 @@ def test_normalize_keeps_padding_zero() -> None:
     )
 
 
-def test_checkpoint_round_trip(tmp_path: Path) -> None:
+def test_checkpoint_round_trip(tmp_path: Path, tiny_detector: Callable[..., FasterRCNN]) -> None:
     model = tiny_detector("vgg")
     model.set_classes(["a", "b", "c"], [3, 5, 9])
     path = tmp_path / "det.pth"
@@ -209,7 +171,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
         load_weights(wrong, path, policy="strict")
 
 
-def test_bad_inputs_fail_with_clear_errors() -> None:
+def test_bad_inputs_fail_with_clear_errors(tiny_detector: Callable[..., FasterRCNN]) -> None:
     with pytest.raises(ConfigError, match="model.anchors.sizes"):
         tiny_detector("fpn", "model.anchors.sizes=[[32,64]]")
     with pytest.raises(ConfigError, match="pooler_resolution"):
@@ -225,7 +187,7 @@ def test_bad_inputs_fail_with_clear_errors() -> None:
 
 
 def test_finetuning_reinitializes_the_predictor_in_one_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tiny_detector: Callable[..., FasterRCNN]
 ) -> None:
     """A detector trained on 3 classes fine-tuned to 5: everything but the box predictor loads,
     and one log line says what was re-initialized and why. A classifier's fc: likewise."""

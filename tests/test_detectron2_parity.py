@@ -21,6 +21,7 @@ from torchvision.ops import box_iou
 from detres.config import load_config
 from detres.data.det_transforms import image_tensor
 from detres.data.image_io import load_image
+from detres.export import OnnxDetector, export_onnx
 from detres.modeling import build_classifier, build_detector, load_weights
 from detres.modeling.weights import WeightsError, weights_from_dict
 from detres.modeling.weights.torchvision import coco_layout
@@ -187,3 +188,22 @@ def test_zoo_pickles_are_read_safely(tmp_path: Path) -> None:
     # a Detectron2 file into a torchvision-normalized config: refused, naming both
     with pytest.raises(WeightsError, match=r"BGR in \[0, 255\].*RGB in \[0, 1\]"):
         detectron2_checkpoint(GOLD / "r50_fpn.pkl", load_config("coco_r50_fpn", []))
+
+
+def test_exported_detectron2_model_gives_detectron2_detections(tmp_path: Path) -> None:
+    """Detectron2's R50-FPN (the goldens' model-zoo file, converted) exported: onnxruntime
+    finds Detectron2's own detections (its rules: logits ranking, ROIAlignV2, strict
+    filters, empty boxes dropped)."""
+    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnxscript", reason="needs the [export] extra")
+    cfg = load_config(CONFIGS["r50_fpn"], SMALL)
+    model = build_detector(cfg)
+    load_weights(model, weights_from_dict(detectron2_checkpoint(GOLD / "r50_fpn.pkl", cfg),
+                                          source="r50_fpn.pkl"), policy="strict")
+    path = tmp_path / "d2.onnx"
+    assert export_onnx(model.eval(), path, dynamic=True)["check"]["ok"]
+    det = OnnxDetector(path).predict([image_tensor(load_image(GOLD / "det_image.png"))])[0]
+    g = GOLDEN["r50_fpn"]
+    ids = torch.tensor(coco_layout()[0])
+    ref = (torch.tensor(g["boxes"]), torch.tensor(g["scores"]), ids[torch.tensor(g["classes"])])
+    assert _matched(*ref, det) >= 0.99

@@ -221,3 +221,46 @@ def test_eval_and_predict_see_the_same_image(
             np.testing.assert_allclose(b1, b2, atol=1e-3, rtol=0)
         checked += len(ours)
     assert checked > 0
+
+
+def test_onnx_export_predict_and_eval(run: dict[str, Path], tool: Callable[[str], ModuleType],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """tools/export.py on the trained run, then tools/eval.py --onnx gives the PyTorch path's
+    mAP (float32 both) and tools/predict.py --onnx its drawings and JSON; a config of another
+    detector is refused, naming the key."""
+    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnxscript", reason="needs the [export] extra")
+    out, tmp = run["full"], run["tmp"] / "onnx"
+    tmp.mkdir()
+    cfg, weights, model = str(out / "config.yaml"), str(out / "model_final.pth"), tmp / "m.onnx"
+    assert tool("export").main(["--cfg", cfg, "--weights", weights, "--out", str(model),
+                                "--dynamic"]) == 0
+    assert "100% matched" in capsys.readouterr().out
+    m_pt, m_onnx = tmp / "pt" / "m.json", tmp / "ort" / "m.json"
+    for d in (m_pt, m_onnx):
+        d.parent.mkdir()
+    assert tool("eval").main(["--cfg", cfg, "--weights", weights, "--out", str(m_pt),
+                              "train.amp=none"]) == 0
+    assert tool("eval").main(["--cfg", cfg, "--onnx", str(model), "--out", str(m_onnx)]) == 0
+    a, b = json.loads(m_pt.read_text()), json.loads(m_onnx.read_text())
+    for key in ("mAP@.5", "mAP@[.5,.95]"):
+        assert abs(a[key] - b[key]) <= 1e-3, (key, a[key], b[key])  # 0.1 point
+    image = run["data"] / "demo_det" / "images" / "val_00000.jpg"
+    recs = []
+    for name, args in (("pt", ["--cfg", cfg, "--weights", weights, "train.amp=none"]),
+                       ("ort", ["--onnx", str(model)])):
+        assert tool("predict").main([*args, "--input", str(image), "--out", str(tmp / name),
+                                     "--score-thresh", "0.0"]) == 0
+        recs.append(json.loads((tmp / name / "predictions.json").read_text())[0])
+        assert (tmp / name / image.name).is_file()
+    assert recs[0]["labels"] == recs[1]["labels"] and recs[0]["class_names"] == recs[1][
+        "class_names"] and len(recs[0]["boxes"]) > 0
+    np.testing.assert_allclose(recs[0]["boxes"], recs[1]["boxes"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(recs[0]["scores"], recs[1]["scores"], atol=1e-4, rtol=0)
+    capsys.readouterr()
+    assert tool("eval").main(["--cfg", cfg, "--onnx", str(model),
+                              "model.input.min_size_test=64"]) == 2
+    assert "model.input.min_size_test: file 128, the config 64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool("predict").main(["--onnx", str(model), "--cfg", cfg, "--input", str(image),
+                              "--out", str(tmp / "x")])

@@ -4,6 +4,7 @@
 
   1. python tools/eval.py --cfg CFG --weights CKPT [key=value ...]   (on the config's test set)
      torchrun --nproc-per-node N tools/eval.py --cfg CFG --weights CKPT
+     python tools/eval.py --cfg CFG --onnx model.onnx   (an exported detector, onnxruntime)
   2. python tools/eval.py --coco-gt instances.json --results dets.json
   3. python tools/eval.py --voc-root VOCdevkit/VOC2007 --split test --results PATH
                           [--metric voc07|area]
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("1. a detector")
     g.add_argument("--cfg", help="config name or path")
     g.add_argument("--weights", help="detector checkpoint")
+    g.add_argument("--onnx", type=Path, help="an exported detector (tools/export.py) instead "
+                   "of --weights; CFG gives the test set and must describe the same network")
     g.add_argument("overrides", nargs="*", help="config overrides key=value")
     g = p.add_argument_group("2. a COCO results file")
     g.add_argument("--coco-gt", type=Path, help="COCO instances JSON (ground truth)")
@@ -77,9 +80,17 @@ def eval_detector(args: argparse.Namespace) -> Scored:
     from detres.utils.dist import get_local_rank
 
     setup_logging()  # console: the data set summary, warnings as one line each
-    cfg = load_config(args.cfg, [*args.overrides, f"model.weights={args.weights}"])
+    weights = [] if args.onnx else [f"model.weights={args.weights}"]
+    cfg = load_config(args.cfg, [*args.overrides, *weights])
     if cfg.task != "det":
         raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
+    if args.onnx:
+        out_dir = args.out.parent if args.out else None
+        results = det.evaluate_onnx(cfg, args.onnx, out_dir=out_dir)
+        test = cfg.data.test[0]
+        pub = published_figures(cfg)
+        return (results, pub.get("published", {}), pub.get("source", ""),
+                f"{Path(args.cfg).stem} ({args.onnx}, onnxruntime) on {test.name or test.path}")
     device = resolve_device(cfg.train.device)
     init_distributed(device.type)
     if device.type == "cuda":
@@ -131,13 +142,16 @@ def parse_published(items: list[str], parser: argparse.ArgumentParser) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
-    modes = [bool(args.cfg or args.weights), args.coco_gt is not None, args.voc_root is not None]
+    modes = [bool(args.cfg or args.weights or args.onnx), args.coco_gt is not None,
+             args.voc_root is not None]
     if sum(modes) != 1:
         parser.error("choose one mode: --cfg/--weights, --coco-gt, or --voc-root")
     if not modes[0] and args.results is None:
         parser.error("--coco-gt and --voc-root need --results")
-    if modes[0] and not (args.cfg and args.weights):
-        parser.error("mode 1 needs both --cfg and --weights")
+    if modes[0] and not (args.cfg and (args.weights or args.onnx)):
+        parser.error("mode 1 needs both --cfg and --weights (or --cfg and --onnx)")
+    if args.weights and args.onnx:
+        parser.error("--weights and --onnx are two detectors: give one")
     if args.overrides and not modes[0]:
         parser.error(f"config overrides {args.overrides} only apply with --cfg")
     published = parse_published(args.published, parser)

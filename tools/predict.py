@@ -3,12 +3,15 @@
 
     python tools/predict.py --cfg output/demo/config.yaml --weights output/demo/model_final.pth \\
         --input photo.jpg|images_dir [more ...] --out predictions/ [--score-thresh 0.5]
+    python tools/predict.py --onnx demo.onnx --input ... --out ...   (an exported detector)
 
 Writes ``OUT/<image name>`` (boxes with class names and scores drawn; JPEG and PNG inputs
 keep their format, others become PNG) and ``OUT/predictions.json``: a list with, per image,
 ``file``, ``height``, ``width``, ``boxes`` (x1, y1, x2, y2 in input pixels), ``scores``,
 ``labels`` (the data set's category ids) and ``class_names``. Class names and ids come from
 the checkpoint; the config must describe the same detector (its saved ``config.yaml`` does).
+With ``--onnx`` (a file from tools/export.py) onnxruntime runs the detector and the file's
+metadata gives the classes and the resize rule; drawing and JSON are the same.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from detres.engine.predict import (
     predict_files,
     write_image,
 )
+from detres.export import OnnxDetector
+from detres.modeling import FasterRCNN
 from detres.utils.device import resolve_device
 from detres.utils.errors import InputError
 from detres.utils.logging import setup_logging
@@ -37,8 +42,10 @@ from detres.utils.logging import setup_logging
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cfg", required=True, help="config name or path (e.g. a run's config.yaml)")
-    p.add_argument("--weights", required=True, help="detector checkpoint (model_final.pth)")
+    p.add_argument("--cfg", help="config name or path (e.g. a run's config.yaml)")
+    p.add_argument("--weights", help="detector checkpoint (model_final.pth)")
+    p.add_argument("--onnx", type=Path,
+                   help="an exported detector (tools/export.py) instead of --cfg/--weights")
     p.add_argument("--input", required=True, nargs="+", help="image files and/or directories")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--score-thresh", type=float, default=0.5,
@@ -57,15 +64,20 @@ def run(args: argparse.Namespace) -> int:
     if dup:
         raise InputError(f"several inputs would be written as {dup}; rename or run separately")
     setup_logging()
-    cfg = load_config(args.cfg, args.overrides)
-    if cfg.task != "det":
-        raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
-    device = resolve_device(cfg.train.device)
-    model = build_predictor(cfg, args.weights, device)
+    if args.onnx is not None:
+        model: FasterRCNN | OnnxDetector = OnnxDetector(args.onnx)
+        amp = "none"  # onnxruntime runs the graph in float32
+        print(model.describe())
+    else:
+        cfg = load_config(args.cfg, args.overrides)
+        if cfg.task != "det":
+            raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
+        model, amp = build_predictor(cfg, args.weights, resolve_device(cfg.train.device)), \
+            cfg.train.amp
     args.out.mkdir(parents=True, exist_ok=True)
     records = []
     stream = predict_files(model, files, batch_size=args.batch_size,
-                           score_thresh=args.score_thresh, amp=cfg.train.amp)
+                           score_thresh=args.score_thresh, amp=amp)
     bar = tqdm(zip(stream, names, strict=True), total=len(files), desc="predict", unit="img",
                dynamic_ncols=True, disable=len(files) < 2)
     for (f, image, det), name in bar:
@@ -79,7 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if (args.onnx is not None) == bool(args.cfg or args.weights):  # both or neither
+        parser.error("give --cfg and --weights (a checkpoint), or --onnx (an exported file)")
+    if args.onnx is None and not (args.cfg and args.weights):
+        parser.error("--cfg and --weights go together")
+    if args.onnx is not None and args.overrides:
+        parser.error(f"config overrides {args.overrides} do not apply to --onnx")
     return run_cli("predict.py", lambda: run(args), debug=args.debug)
 
 

@@ -7,6 +7,7 @@ evaluator of the set's format: COCO (pycocotools) or VOC (the devkit rules).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from detres.engine.checkpoint import unwrap
 from detres.engine.launch import Run
 from detres.engine.trainer import Trainer
 from detres.evaluation import EVALUATORS, DetectionEvaluator, write_metrics
+from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_pretrained
 from detres.utils.device import autocast_context
 from detres.utils.dist import get_world_size, is_main_process
@@ -55,7 +57,7 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None,
 
 
 @torch.inference_mode()
-def run_detector(model: FasterRCNN, loader: DataLoader, src: DetSource,
+def run_detector(model: FasterRCNN | OnnxDetector, loader: DataLoader, src: DetSource,
                  evaluator: DetectionEvaluator, device: torch.device, amp: str = "auto",
                  channels_last: bool = False) -> dict[str, Any]:
     """Predictions for this rank's shard of the test set, scored on rank 0."""
@@ -111,7 +113,27 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
                         cfg.train.amp, cfg.train.channels_last)
 
 
-def _check_model_classes(model: FasterRCNN, src: DetSource) -> None:
+def evaluate_onnx(cfg: Config, path: str | Path, *, out_dir: Path | None = None
+                  ) -> dict[str, Any]:
+    """Score an exported detector (``tools/export.py``) with onnxruntime on ``data.test[0]``
+    of ``cfg``, through the same loader, mapping and evaluator as :func:`evaluate_config`. The
+    config must describe the exported network (its keys are checked against the file's)."""
+    if get_world_size() > 1:
+        raise InputError("--onnx runs in one process (onnxruntime on the CPU): not under "
+                         "torchrun")
+    model = OnnxDetector(path)
+    model.check_config(dataclasses.asdict(cfg.model), where="the config")
+    LOG.info("onnx %s", model.describe())
+    src = build_det_sources(cfg, train=False)[0]
+    LOG.info("test set %s", src.summary())
+    _check_model_classes(model, src)
+    loader = build_det_test_loader(cfg, 0, sources=[src])
+    evaluator = build_det_evaluator(src, out_dir=out_dir,
+                                    coco_backend=cfg.evaluation.coco_backend)
+    return run_detector(model, loader, src, evaluator, torch.device("cpu"), "none", False)
+
+
+def _check_model_classes(model: FasterRCNN | OnnxDetector, src: DetSource) -> None:
     """The model and the data set it is scored on must share one class list."""
     placeholder = [f"class_{i}" for i in range(1, model.num_classes + 1)]  # names never set
     names = None if model.class_names == placeholder else model.class_names

@@ -21,6 +21,7 @@ from torch import Tensor
 from detres.config import Config
 from detres.data.det_transforms import image_tensor
 from detres.data.image_io import load_image
+from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_weights
 from detres.utils.device import autocast_context
 
@@ -59,7 +60,7 @@ def keep_scores(det: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor
     return {k: v[keep].cpu() for k, v in det.items()}
 
 
-def predict_files(model: FasterRCNN, files: Sequence[Path], *, batch_size: int = 4,
+def predict_files(model: FasterRCNN | OnnxDetector, files: Sequence[Path], *, batch_size: int = 4,
                   score_thresh: float = 0.0, amp: str = "auto"
                   ) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
     """``(file, image (3, H, W) uint8, detections)`` per file, running ``model.predict`` on
@@ -68,7 +69,7 @@ def predict_files(model: FasterRCNN, files: Sequence[Path], *, batch_size: int =
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
-    device = model.pixel_mean.device
+    device = model.device
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]
         images = [read_image(f) for f in chunk]
@@ -78,7 +79,7 @@ def predict_files(model: FasterRCNN, files: Sequence[Path], *, batch_size: int =
             yield f, img, keep_scores(det, score_thresh)
 
 
-def class_names_by_id(model: FasterRCNN) -> dict[int, str]:
+def class_names_by_id(model: FasterRCNN | OnnxDetector) -> dict[int, str]:
     return dict(zip(model.category_ids, model.class_names, strict=True))
 
 
@@ -99,7 +100,7 @@ def label_style(h: int, w: int) -> tuple[float, int, int]:
     return scale, max(1, round(scale * 1.6)), max(1, round(side / 250))
 
 
-def draw_detections(image: Tensor, det: dict[str, Tensor], model: FasterRCNN,
+def draw_detections(image: Tensor, det: dict[str, Tensor], model: FasterRCNN | OnnxDetector,
                     width: int | None = None) -> Tensor:
     """``image`` (float in [0, 1] or uint8, ``(3, H, W)``) with its boxes drawn in their class
     colours, each labelled ``"name score"`` in a filled label box on the box's top edge (as
@@ -146,7 +147,7 @@ def write_image(path: str | Path, image: Tensor) -> Path:
 
 
 def detection_record(file: str | Path, image: Tensor, det: dict[str, Tensor],
-                     model: FasterRCNN) -> dict[str, Any]:
+                     model: FasterRCNN | OnnxDetector) -> dict[str, Any]:
     """One image's entry of ``predictions.json``."""
     names = class_names_by_id(model)
     labels = [int(c) for c in det["labels"]]

@@ -92,6 +92,14 @@ class AnchorGenerator(nn.Module):
         hit = self._cache.get(key)
         if hit is not None:
             return hit
+        anchors = self._grid(level, grid_hw, stride_hw, device, dtype)
+        if len(self._cache) > 64:  # many input sizes (multi-scale training): bound the cache
+            self._cache.clear()
+        self._cache[key] = anchors
+        return anchors
+
+    def _grid(self, level: int, grid_hw: tuple[int, int], stride_hw: tuple[int, int],
+              device: torch.device, dtype: torch.dtype) -> Tensor:
         (gh, gw), (sh, sw) = grid_hw, stride_hw
         base = self._cells[level].to(device=device, dtype=dtype)
         shifts_x = torch.arange(0, gw, dtype=torch.int32, device=device) * sw
@@ -100,11 +108,7 @@ class AnchorGenerator(nn.Module):
         shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
         shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
         # (Hi*Wi, 1, 4) + (1, A, 4) -> (Hi*Wi*A, 4)
-        anchors = (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
-        if len(self._cache) > 64:  # many input sizes (multi-scale training): bound the cache
-            self._cache.clear()
-        self._cache[key] = anchors
-        return anchors
+        return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
 
     def forward(self, features: list[Tensor], padded_hw: tuple[int, int]) -> list[Tensor]:
         """Anchors ``(Hi * Wi * A, 4)`` per level, shared by every image of the batch."""
@@ -114,12 +118,19 @@ class AnchorGenerator(nn.Module):
                 f"(model.anchors.sizes={self.sizes})"
             )
         out = []
+        exporting = torch.compiler.is_exporting()
         for level, feat in enumerate(features):
-            gh, gw = int(feat.shape[-2]), int(feat.shape[-1])
+            gh, gw = feat.shape[-2], feat.shape[-1]
+            if not exporting:  # a graph keeps the sizes symbolic (and has no cache)
+                gh, gw = int(gh), int(gw)
             if self.strides is not None:
                 stride = (self.strides[level], self.strides[level])
             else:
-                stride = (int(padded_hw[0]) // gh, int(padded_hw[1]) // gw)
+                stride = (padded_hw[0] // gh, padded_hw[1] // gw)
             dtype = torch.float64 if feat.dtype == torch.float64 else torch.float32  # not bf16
-            out.append(self.grid_anchors(level, (gh, gw), stride, feat.device, dtype))
+            if exporting:
+                out.append(self._grid(level, (gh, gw), stride, feat.device, dtype))
+            else:
+                out.append(self.grid_anchors(level, (gh, gw), (int(stride[0]), int(stride[1])),
+                                             feat.device, dtype))
         return out

@@ -62,13 +62,32 @@ def batched_iou(gt_boxes: Tensor, boxes: Tensor) -> Tensor:
     return inter / (area1 + area2 - inter)
 
 
+@torch.library.custom_op("detres::grouped_nms", mutates_args=())
+def grouped_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each group of ``idxs`` (float32 boxes), kept indices by decreasing score.
+
+    The op that an exported graph calls (``detres.export`` translates it to ONNX
+    ``NonMaxSuppression`` with one class per group, so no coordinate offsets and no float32
+    rounding of offset boxes); eagerly it is :func:`batched_nms`."""
+    return batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+@grouped_nms.register_fake
+def _(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    n = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((n,), dtype=torch.int64)
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """``torchvision.ops.batched_nms`` without coordinate rounding.
 
     Callers merge image index and class/level into ``idxs``, so the offsets of torchvision's
     coordinate trick can be large; where that trick is used it runs in float64 so that the
-    offset boxes stay exact. Returns kept indices sorted by decreasing score.
+    offset boxes stay exact. Returns kept indices sorted by decreasing score. While a graph is
+    exported, the :func:`grouped_nms` op stands for all of it.
     """
+    if torch.compiler.is_exporting():
+        return torch.ops.detres.grouped_nms(boxes.float(), scores.float(), idxs, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     vanilla = boxes.device.type == "cpu" and boxes.numel() > 4000  # torchvision's per-id loop
@@ -81,15 +100,31 @@ def keep_topk_per_image(keep: Tensor, image_index: Tensor, k: int, num_images: i
     """From ``keep`` (indices sorted by decreasing score over the whole batch), the first ``k``
     of each image, grouped by image and still sorted by score within each image.
 
-    ``image_index[keep]`` gives the image of each kept element.
+    ``image_index[keep]`` gives the image of each kept element. Counting per image by
+    comparison (``num_images x len(keep)``, small) rather than ``bincount`` keeps every shape
+    symbolic for export.
     """
     img = image_index[keep]
-    order = torch.sort(img, stable=True).indices  # group by image, keep score order
+    # group by image, keep the score order: keys are unique, so any sort is stable here
+    # (ONNX has no stable sort)
+    key = img * keep.numel() + torch.arange(keep.numel(), device=keep.device)
+    order = torch.sort(key).indices
     keep, img = keep[order], img[order]
-    counts = torch.bincount(img, minlength=num_images)
+    images = torch.arange(num_images, device=img.device)
+    counts = (img[None, :] == images[:, None]).sum(dim=1)  # (num_images,)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(keep.numel(), device=keep.device) - starts[img]
     return keep[rank < k]
+
+
+def image_index_of(rois: Tensor) -> Tensor:
+    """The image index column of ``(R, 5)`` RoIs as int64."""
+    return rois[:, 0].to(torch.int64)
+
+
+def rois_from_flat(boxes: Tensor, image_index: Tensor) -> Tensor:
+    """``(R, 4)`` boxes and their image indices -> ``(R, 5)`` rows ``(i, x1, y1, x2, y2)``."""
+    return torch.cat([image_index[:, None].to(boxes.dtype), boxes], dim=1)
 
 
 def split_by_image(values: Tensor, image_index: Tensor, num_images: int) -> list[Tensor]:

@@ -30,7 +30,7 @@ from detres.config import Config, ConfigError, ModelCfg
 from detres.modeling.anchors import AnchorGenerator
 from detres.modeling.backbones import Backbone, ShapeSpec, build_backbone
 from detres.modeling.backbones.fpn import FPN
-from detres.modeling.box_ops import nonempty
+from detres.modeling.box_ops import image_sizes_tensor, nonempty, rois_from_flat, split_by_image
 from detres.modeling.roi_heads import (
     FastRCNNPredictor,
     MultiLevelPooler,
@@ -91,6 +91,8 @@ class FasterRCNN(nn.Module):
         #: the classification head's name in a classifier's state dict (not in a detector)
         self.trunk_head = trunk_head
         self.class_names: list[str] = [f"class_{i}" for i in range(1, num_classes + 1)]
+        #: the config's ``model.arch`` and ``model.backbone.name`` (set by ``build_detector``)
+        self.arch, self.backbone_name = "", ""
         self.category_ids: list[int] = list(range(1, num_classes + 1))
 
     def set_classes(self, class_names: Sequence[str], category_ids: Sequence[int]) -> None:
@@ -110,7 +112,7 @@ class FasterRCNN(nn.Module):
                 "pixel_mean": [float(v) for v in self.pixel_mean.flatten()],
                 "pixel_std": [float(v) for v in self.pixel_std.flatten()]}
 
-    def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+    def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]] | Tensor) -> Tensor:
         """RGB images in [0, 1] (a loader batch) -> the network's input: channels reversed for
         a BGR network, scaled to ``pixel_range``, ``(x - mean) / std``; the bottom/right
         padding of each image kept at zero."""
@@ -119,8 +121,8 @@ class FasterRCNN(nn.Module):
         if self.pixel_range != 1.0:
             images = images * self.pixel_range
         x = (images - self.pixel_mean) / self.pixel_std
-        h = torch.tensor([s[0] for s in image_sizes], device=x.device)
-        w = torch.tensor([s[1] for s in image_sizes], device=x.device)
+        sizes = image_sizes_tensor(image_sizes, x.device)
+        h, w = sizes[:, 0], sizes[:, 1]
         ys = torch.arange(x.shape[-2], device=x.device)
         xs = torch.arange(x.shape[-1], device=x.device)
         inside = (ys[None, :, None] < h[:, None, None]) & (xs[None, None, :] < w[:, None, None])
@@ -193,13 +195,25 @@ class FasterRCNN(nn.Module):
         try:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            feats = self.features(x)
-            out = self.rpn([feats[k] for k in self.rpn_features], tuple(x.shape[-2:]))
-            proposals = self.rpn.proposals(out, sizes, training=False)
-            return self.roi_heads.inference(feats, proposals, sizes)
+            boxes, scores, labels, img = self.detect(x, sizes)
         finally:
             for m, mode in modes:
                 m.training = mode
+        n = len(sizes)
+        parts = [split_by_image(t, img, n) for t in (boxes, scores, labels)]
+        return [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in zip(*parts, strict=True)]
+
+    @torch.no_grad()
+    def detect(self, x: Tensor, image_sizes: list[tuple[int, int]] | Tensor
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Detections on a normalized batch, flat (what ``detres.export`` exports): ``boxes
+        (D, 4)`` in resized-image pixels, ``scores (D,)``, ``labels (D,)`` in 1..K and the
+        ``(D,)`` image index, grouped by image and by decreasing score within each."""
+        feats = self.features(x)
+        out = self.rpn([feats[k] for k in self.rpn_features], tuple(x.shape[-2:]))
+        boxes, image_index = self.rpn.select_proposals(out, image_sizes, training=False)
+        rois = rois_from_flat(boxes, image_index)
+        return self.roi_heads.detect(feats, rois, image_sizes, x.shape[0])
 
     def inference(
         self, images: Tensor, image_sizes: Sequence[Any] | Tensor
@@ -248,12 +262,24 @@ class FasterRCNN(nn.Module):
                     original: tuple[int, int]) -> dict[str, Tensor]:
         """One image's detections in original-image pixels (``tools/eval.py`` and
         ``predict`` alike); with ``drop_empty`` the boxes the rescale left empty go."""
-        boxes = boxes_to_original(det["boxes"], resized, original)
-        det = {**det, "boxes": boxes}
-        if self.drop_empty:
-            keep = nonempty(boxes, 0.0, strict=True)
-            det = {k: v[keep] for k, v in det.items()}
-        return det
+        return detections_to_original(det, resized, original, drop_empty=self.drop_empty)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+
+def detections_to_original(det: dict[str, Tensor], resized: tuple[int, int],
+                           original: tuple[int, int], *, drop_empty: bool) -> dict[str, Tensor]:
+    """One image's detections from resized-image to original-image pixels; with
+    ``drop_empty`` (Detectron2's ``detector_postprocess``) the boxes left empty go. The
+    PyTorch detector and an exported one (``detres.export``) share it."""
+    boxes = boxes_to_original(det["boxes"], resized, original)
+    det = {**det, "boxes": boxes}
+    if drop_empty:
+        keep = nonempty(boxes, 0.0, strict=True)
+        det = {k: v[keep] for k, v in det.items()}
+    return det
 
 
 # ---------------------------------------------------------------------------- build
@@ -407,4 +433,5 @@ def build_detector(cfg: Config) -> FasterRCNN:
     )
     model.trunk_keys = {whole[id(t)]: k for k, t in model.state_dict(keep_vars=True).items()
                         if id(t) in whole}
+    model.arch, model.backbone_name = m.arch, m.backbone.name  # what an export records
     return model

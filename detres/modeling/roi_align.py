@@ -116,13 +116,15 @@ def roi_align(
         raise ValueError(f"rois must be (R, 5) (image_index, x1, y1, x2, y2), got {rois.shape}")
     n, c, h, w = features.shape
     s = int(output_size)
-    if rois.shape[0] == 0:
-        return features.new_zeros((0, c, s, s))
-    if not fast_ops_enabled():  # the reference kernel (tools/benchmark.py --ablation)
+    # the reference kernel (tools/benchmark.py --ablation), and what an exported graph holds
+    # (ONNX RoiAlign)
+    if not fast_ops_enabled() or torch.compiler.is_exporting():
         x = features.double() if features.dtype == torch.float64 else features.float()
         out = torchvision.ops.roi_align(x, rois.to(x.dtype), (s, s), spatial_scale,
                                         sampling_ratio, aligned)
         return out.to(features.dtype)
+    if rois.shape[0] == 0:
+        return features.new_zeros((0, c, s, s))
     with torch.no_grad():
         pos, weight, offsets = _bag_entries(
             rois.detach(), h, w, s, spatial_scale, sampling_ratio, aligned
@@ -182,7 +184,7 @@ def multilevel_roi_align(
     out = features[0].new_empty((rois.shape[0], s, s, c), dtype=dtype)
     for i, (feat, stride) in enumerate(zip(features, strides, strict=True)):
         idx = (lvl == i).nonzero(as_tuple=True)[0]
-        if idx.numel() == 0:
+        if not torch.compiler.is_exporting() and idx.numel() == 0:  # a graph pools every level
             continue
         pooled = roi_align(feat, rois[idx], s, 1.0 / stride, sampling_ratio, aligned)
         out.index_copy_(0, idx, pooled.permute(0, 2, 3, 1).to(dtype))  # autograd reaches feat

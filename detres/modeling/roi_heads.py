@@ -34,9 +34,11 @@ from detres.modeling.box_ops import (
     batched_nms,
     box_regression_loss,
     clip_boxes,
+    image_index_of,
     image_sizes_tensor,
     keep_topk_per_image,
     nonempty,
+    rois_from_flat,
     split_by_image,
 )
 from detres.modeling.fastpath import autocast_dtype, derived, fast_ops_enabled
@@ -52,7 +54,7 @@ def _rois(proposals: list[Tensor]) -> Tensor:
         torch.arange(len(proposals), device=boxes.device),
         torch.tensor([len(p) for p in proposals], device=boxes.device),
     )
-    return torch.cat([idx[:, None].to(boxes.dtype), boxes], dim=1)
+    return rois_from_flat(boxes, idx)
 
 
 class SingleLevelPooler(nn.Module):
@@ -74,14 +76,10 @@ class SingleLevelPooler(nn.Module):
             sampling_ratio,
         )
 
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-    ) -> Tensor:
+    def forward(self, features: dict[str, Tensor], rois: Tensor) -> Tensor:
+        """``rois (R, 5)`` rows ``(image_index, x1, y1, x2, y2)`` -> ``(R, C, S, S)``."""
         x = features[self.feature]
-        rois = _rois(proposals).float()  # (R, 5)
+        rois = rois.float()
         if self.kind == "ROIAlign":  # pools in float32, returns x.dtype
             return roi_align(x, rois, self.output_size, self.scale, self.sampling_ratio,
                              self.aligned)
@@ -112,13 +110,9 @@ class MultiLevelPooler(nn.Module):
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
         self.aligned, self.level_rule = aligned, level_rule
 
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-    ) -> Tensor:
-        rois = _rois(proposals).float()  # (R, 5)
+    def forward(self, features: dict[str, Tensor], rois: Tensor) -> Tensor:
+        """``rois (R, 5)`` rows ``(image_index, x1, y1, x2, y2)`` -> ``(R, C, S, S)``."""
+        rois = rois.float()
         feats = [features[k] for k in self.features]
         return multilevel_roi_align(
             feats, self.strides, rois, self.output_size, self.sampling_ratio,
@@ -236,33 +230,23 @@ class ROIHeads(nn.Module):
         self.detections_per_image = detections_per_image
         self.chunk_bytes = 64 * 2**20  # pooled features per chunk at inference
 
-    def predict_logits(
-        self,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-    ) -> tuple[Tensor, Tensor]:
-        """``pred_class_logits (R, K + 1)`` and ``pred_deltas (R, 4K)`` for the RoIs.
+    def predict_logits(self, features: dict[str, Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
+        """``pred_class_logits (R, K + 1)`` and ``pred_deltas (R, 4K)`` for ``rois (R, 5)``.
 
         Without autograd the RoIs go through pooling and the box head in chunks of at most
         ``chunk_bytes`` of pooled features: the C4 head pools 1000 RoIs x 1024 x 14 x 14
         (800 MB in float32), which would otherwise be written, converted and read back
-        whole."""
-        if torch.is_grad_enabled():
-            x = self.box_pooler(features, proposals, image_sizes)  # (R, C, S, S)
+        whole. An exported graph runs them in one piece (its runtime plans the memory)."""
+        if torch.is_grad_enabled() or torch.compiler.is_exporting():
+            x = self.box_pooler(features, rois)  # (R, C, S, S)
             return self.box_predictor(self.box_head(x))
         feat = next(iter(features.values()))
         size = self.box_pooler.output_size
         per_roi = feat.shape[1] * size * size * feat.element_size()
         chunk = max(1, self.chunk_bytes // per_roi)
-        n = len(proposals)
-        img = torch.repeat_interleave(torch.arange(n), torch.tensor([len(p) for p in proposals]))
-        flat = torch.cat(proposals)
         outs = []
-        for a in range(0, max(len(flat), 1), chunk):
-            counts = torch.bincount(img[a : a + chunk], minlength=n).tolist()
-            part = list(flat[a : a + chunk].split(counts))
-            x = self.box_pooler(features, part, image_sizes)  # (r, C, S, S)
+        for a in range(0, max(len(rois), 1), chunk):
+            x = self.box_pooler(features, rois[a : a + chunk])  # (r, C, S, S)
             outs.append(self.box_predictor(self.box_head(x)))
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
@@ -313,7 +297,7 @@ class ROIHeads(nn.Module):
         """Cross-entropy over sampled RoIs; class-specific box regression over foreground RoIs,
         divided by the number of sampled RoIs."""
         rois, labels, matched_gt = self.sample_proposals(proposals, gt_boxes, gt_classes)
-        logits, deltas = self.predict_logits(features, rois, image_sizes)
+        logits, deltas = self.predict_logits(features, _rois(rois))
         logits, deltas = logits.float(), deltas.float()
         loss_cls = F.cross_entropy(logits, labels, reduction="sum") / max(labels.numel(), 1)
         fg = (labels > 0).nonzero(as_tuple=True)[0]
@@ -333,17 +317,37 @@ class ROIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Per image ``detections``: ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)`` in 1..K,
         after a score threshold and NMS per class, at most ``detections_per_image``."""
-        n, k = len(proposals), self.num_classes
-        logits, deltas = self.predict_logits(features, proposals, image_sizes)
+        n = len(proposals)
+        boxes, scores, labels, img = self.detect(features, _rois(proposals), image_sizes, n)
+        per_image = zip(
+            split_by_image(boxes, img, n),
+            split_by_image(scores, img, n),
+            split_by_image(labels, img, n),
+            strict=True,
+        )
+        return [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in per_image]
+
+    @torch.no_grad()
+    def detect(
+        self,
+        features: dict[str, Tensor],
+        rois: Tensor,
+        image_sizes: list[tuple[int, int]] | Tensor,
+        num_images: int,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`inference` on ``rois (R, 5)``, flat: ``boxes (D, 4)``, ``scores (D,)``,
+        ``labels (D,)`` in 1..K and the ``(D,)`` image index, grouped by image and sorted by
+        score within each."""
+        k = self.num_classes
+        logits, deltas = self.predict_logits(features, rois)
         r = logits.shape[0]
+        if torch.compiler.is_exporting():  # a bound for the RoI count, which is data-dependent
+            torch._check(r <= 2**40)  # (else R * K overflows int64 in the graph's shape checks)
         scores = F.softmax(logits.float(), dim=-1)[:, 1:]  # (R, K + 1) -> (R, K) foreground
-        boxes_in = torch.cat(proposals).float()
+        boxes_in = rois[:, 1:].float()
         deltas = deltas.float().view(r, k, 4)  # (R, 4K) -> (R, K, 4)
         boxes = self.box_coder.decode(deltas, boxes_in[:, None, :])  # (R, K, 4)
-        img = torch.repeat_interleave(
-            torch.arange(n, device=logits.device),
-            torch.tensor([len(p) for p in proposals], device=logits.device),
-        )
+        img = image_index_of(rois)
         sizes = image_sizes_tensor(image_sizes, logits.device)
         boxes = clip_boxes(boxes, sizes[img][:, None, :])
         labels = torch.arange(1, k + 1, device=logits.device).expand(r, k)
@@ -353,11 +357,5 @@ class ROIHeads(nn.Module):
             keep &= nonempty(boxes, self.min_test_box_size)
         boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]  # flat
         kept = batched_nms(boxes, scores, img * (k + 1) + labels, self.nms_thresh)
-        kept = keep_topk_per_image(kept, img, self.detections_per_image, n)
-        per_image = zip(
-            split_by_image(boxes[kept], img[kept], n),
-            split_by_image(scores[kept], img[kept], n),
-            split_by_image(labels[kept], img[kept], n),
-            strict=True,
-        )
-        return [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in per_image]
+        kept = keep_topk_per_image(kept, img, self.detections_per_image, num_images)
+        return boxes[kept], scores[kept], labels[kept], img[kept]

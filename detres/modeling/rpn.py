@@ -142,6 +142,15 @@ class RPN(nn.Module):
     ) -> list[Tensor]:
         """Per image ``(Ri, 4)`` proposals sorted by objectness: per-level top-k, decode, clip,
         drop tiny boxes, NMS per image and level, post-NMS top-k per image."""
+        boxes, image_index = self.select_proposals(out, image_sizes, training=training)
+        return split_by_image(boxes, image_index, out.objectness_logits[0].shape[0])
+
+    @torch.no_grad()
+    def select_proposals(
+        self, out: RPNOutput, image_sizes: list[tuple[int, int]] | Tensor, *, training: bool
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`proposals` as flat ``(P, 4)`` boxes and their ``(P,)`` image indices,
+        grouped by image (the form an exported graph carries: no per-image lists)."""
         pre_k, post_k = self.topk[training]
         n = out.objectness_logits[0].shape[0]
         device = out.objectness_logits[0].device
@@ -168,7 +177,7 @@ class RPN(nn.Module):
         group = image_index * len(out.anchors) + torch.cat(levels, dim=1)[keep_mask]
         keep = batched_nms(flat_boxes, flat_scores, group, self.nms_thresh)
         keep = keep_topk_per_image(keep, image_index, post_k, n)
-        return split_by_image(flat_boxes[keep], image_index[keep], n)
+        return flat_boxes[keep], image_index[keep]
 
     def losses(self, out: RPNOutput, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
         """Objectness BCE over sampled anchors and box regression over positives, both divided
