@@ -139,3 +139,19 @@ def test_bench_ops_small() -> None:
 def test_reference_requires_r50_fpn() -> None:
     with pytest.raises(ValueError, match="ResNet-50-FPN"):
         build_torchvision_frcnn(load_config("demo.yaml"))
+
+
+def test_benchmark_tool_vs_onnx(tmp_path: Path, tool: Callable[[str], ModuleType]) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnxscript", reason="needs the [export] extra")
+    out = tmp_path / "bench.json"
+    argv = ["--cfg", "coco_r50_fpn", "--image-size", "96x120", "--repeats", "1", "--warmup",
+            "0", "--vs-onnx", "--skip", "inference", "train", "efficiency", "--json", str(out),
+            *SMALL_R50]
+    assert tool("benchmark").main(argv) == 0
+    vs = json.loads(out.read_text())["vs_onnx"]
+    assert set(vs["inference"]) == {"torchvision_fp32", "detres_fp32", "onnxruntime_fp32"}
+    assert vs["export_check"]["ok"]
+    for agree in vs["agreement"].values():  # see test_benchmark_tool_vs_torchvision
+        assert agree["ref"] > 0 and agree["matched"] >= 0.95 and agree["max_score_diff"] < 1e-4
+    assert "Conv" in vs["onnxruntime_profile"] and vs["onnxruntime_vs_detres"] > 0

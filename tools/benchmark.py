@@ -7,6 +7,7 @@ the same figures side by side with torchvision's ``fasterrcnn_resnet50_fpn``.
   python tools/benchmark.py --cfg coco_r101 --image-size 600x1000 --batch-size 2
   python tools/benchmark.py --cfg demo --loader --workers 2                 # loader vs training
   python tools/benchmark.py --ablation --ops                                # each technique
+  python tools/benchmark.py --cfg coco_r50_fpn --vs-onnx --skip train efficiency   # ONNX
 
 Weights are random unless ``--weights`` (detres checkpoint) or ``--tv-weights`` (torchvision
 file, with ``--vs-torchvision``) is given; random BN statistics are then calibrated on a
@@ -21,6 +22,7 @@ import argparse
 import datetime
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="figures to leave out (vs-train: the A/B training iterations)")
     p.add_argument("--vs-torchvision", action="store_true")
     p.add_argument("--tv-weights", default=None, help="torchvision COCO weight file")
+    p.add_argument("--vs-onnx", action="store_true",
+                   help="torchvision vs detres eager vs detres in onnxruntime (fp32, R50-FPN)")
     p.add_argument("--ablation", action="store_true", help="each inference technique on/off")
     p.add_argument("--ops", action="store_true", help="RoIAlign kernel vs torchvision's")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(features)")
@@ -160,6 +164,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  detections ours {prec} vs torchvision fp32: {m['matched']:.1%} of "
                   f"{m['ref']} matched (IoU>=0.99, same label), max box diff "
                   f"{m['max_box_diff_px']:.2g} px, max score diff {m['max_score_diff']:.2g}")
+    if a.vs_onnx:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = res["vs_onnx"] = B.bench_vs_onnx(cfg, a.image_size, channels_last=cl,
+                                                 weights=a.tv_weights, workdir=tmp, **kw)
+        print(f"  exported in {r['export_s']:.0f} s ({r['onnx_bytes'] / 2**20:.0f} MiB)")
+        for k, s in r["inference"].items():
+            line(f"inference {k}", s, f"x{r['speedup_vs_torchvision'][k]:.2f} vs torchvision")
+        print(f"  onnxruntime vs detres eager: x{r['onnxruntime_vs_detres']:.2f}")
+        for k, m in r["agreement"].items():
+            print(f"  detections {k} vs torchvision: {m['matched']:.1%} of {m['ref']} matched, "
+                  f"max box diff {m['max_box_diff_px']:.2g} px, score {m['max_score_diff']:.2g}")
+        top = list(r["onnxruntime_profile"].items())[:6]
+        print("  onnxruntime time by operator: " + ", ".join(f"{k} {v:.0f} ms" for k, v in top))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=2))

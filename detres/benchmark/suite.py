@@ -9,10 +9,13 @@ the configured training loader, drained without a model.
 from __future__ import annotations
 
 import copy
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -34,6 +37,7 @@ from detres.benchmark.core import (
 from detres.benchmark.reference import torchvision_reference
 from detres.config import Config
 from detres.data.det_loader import build_det_train_loader
+from detres.export import OnnxDetector, export_onnx
 from detres.modeling.faster_rcnn import FasterRCNN
 from detres.modeling.fastpath import reference_ops
 from detres.modeling.roi_align import multilevel_roi_align
@@ -282,3 +286,78 @@ def bench_compile(model: FasterRCNN, cfg: Config, hw: tuple[int, int], device: t
             fn(x)
     t = summarize(alternate({"c": run}, device, warmup=warmup, repeats=repeats)["c"])
     return {**t, "compile_s": first - t["median_s"]}
+
+
+def bench_vs_onnx(cfg: Config, hw: tuple[int, int], *, channels_last: bool, warmup: int,
+                  repeats: int, weights: str | None = None, workdir: str) -> dict[str, Any]:
+    """torchvision's R50-FPN, detres eager (fp32) and detres exported to ONNX in onnxruntime
+    (CPU, the same thread count), all with the same weights on the same raw image (each with
+    its own preprocessing), A B C A B C; the agreement of each with torchvision; and where
+    onnxruntime spends its time (its profiler, by operator type)."""
+    tv, ours = torchvision_reference(cfg, weights=weights)
+    path = Path(workdir) / "detres_r50_fpn.onnx"
+    t0 = time.perf_counter()
+    report = export_onnx(ours, path, dynamic=True)
+    export_s = time.perf_counter() - t0
+    if channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
+    runtime = OnnxDetector(path, threads=torch.get_num_threads())
+    image = synthetic_images(1, hw, seed=1)[0]
+    cpu = torch.device("cpu")
+
+    def tv_run() -> list[dict[str, Any]]:
+        with torch.inference_mode():
+            return tv([image])
+
+    def ort_run() -> list[dict[str, Any]]:
+        return runtime.predict([image])
+    fns = {"torchvision_fp32": tv_run, "detres_fp32": detres_inference(ours, [image], cpu, "fp32"),
+           "onnxruntime_fp32": ort_run}
+    times = alternate(fns, cpu, warmup=warmup, repeats=repeats)
+    out: dict[str, Any] = {"inference": {k: summarize(v) for k, v in times.items()},
+                           "export_s": export_s, "onnx_bytes": report["bytes"],
+                           "export_check": report["check"]}
+    base = out["inference"]["torchvision_fp32"]["median_s"]
+    out["speedup_vs_torchvision"] = {k: base / v["median_s"]
+                                     for k, v in out["inference"].items()}
+    out["onnxruntime_vs_detres"] = (out["inference"]["detres_fp32"]["median_s"]
+                                    / out["inference"]["onnxruntime_fp32"]["median_s"])
+    ref = tv_run()[0]
+    out["agreement"] = {k: match_detections(ref, fn()[0]) for k, fn in fns.items()
+                        if k != "torchvision_fp32"}
+    out["onnxruntime_profile"] = onnx_profile(path, image, runtime)
+    return out
+
+
+def onnx_profile(path: Path, image: Tensor, runtime: OnnxDetector) -> dict[str, float]:
+    """Milliseconds per ONNX operator type in one run of the graph (onnxruntime's profiler),
+    largest first."""
+    import onnxruntime as ort  # the [export] extra, present when runtime is
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix(""))
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    batch, sizes = runtime.preprocess([image])
+    feed = {"images": batch.numpy(), "image_sizes": torch.tensor(sizes).numpy()}
+    sess.run(None, feed)  # warm-up
+    sess.end_profiling()
+    opts2 = ort.SessionOptions()
+    opts2.intra_op_num_threads = torch.get_num_threads()
+    opts2.enable_profiling = True
+    opts2.profile_file_prefix = str(path.with_suffix("")) + "_run"
+    sess = ort.InferenceSession(str(path), opts2, providers=["CPUExecutionProvider"])
+    sess.run(None, feed)
+    sess.run(None, feed)
+    trace = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    runs = 0
+    for ev in trace:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            op = ev.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + ev["dur"] / 1e3
+        if ev.get("cat") == "Session" and ev.get("name") == "model_run":
+            runs += 1
+    runs = max(runs, 1)
+    return dict(sorted(((k, v / runs) for k, v in per_op.items()), key=lambda kv: -kv[1]))
