@@ -264,3 +264,7 @@ def test_onnx_export_predict_and_eval(run: dict[str, Path], tool: Callable[[str]
     with pytest.raises(SystemExit):
         tool("predict").main(["--onnx", str(model), "--cfg", cfg, "--input", str(image),
                               "--out", str(tmp / "x")])
+    # the weights of another model than the config's: one line, nothing written
+    assert tool("export").main(["--cfg", "demo.yaml", "--weights", weights, "--out",
+                                str(tmp / "wrong.onnx")]) == 2
+    assert "shape mismatches" in capsys.readouterr().err and not (tmp / "wrong.onnx").exists()
