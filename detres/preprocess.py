@@ -105,6 +105,26 @@ def pad_batch(images: Sequence[Tensor], size_divisibility: int = 32) -> Tensor:
     return out
 
 
+def preprocess_images(images: Sequence[Tensor], *, short: int, max_size: int, rule: str,
+                      size_divisibility: int, device: torch.device | None = None
+                      ) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Raw RGB ``(3, H, W)`` images (uint8, or float in [0, 1]) -> the padded batch a detector
+    takes and the resized sizes: :func:`resize_for_model`, then :func:`pad_batch` (the PyTorch
+    detector's ``predict`` and an exported one's alike)."""
+    resized = []
+    for i, img in enumerate(images):
+        if img.dim() != 3 or img.shape[0] != 3 or not (
+            img.is_floating_point() or img.dtype == torch.uint8
+        ):
+            raise ValueError(
+                f"images[{i}] must be an RGB (3, H, W) tensor, uint8 or float in [0, 1], "
+                f"got {img.dtype} {tuple(img.shape)}")
+        img = img if device is None else img.to(device)
+        resized.append(resize_for_model(img, short=short, max_size=max_size, rule=rule))
+    sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in resized]
+    return pad_batch(resized, size_divisibility), sizes
+
+
 def boxes_to_original(boxes: Tensor, resized: tuple[int, int],
                       original: tuple[int, int]) -> Tensor:
     """Boxes in resized-image pixels -> original-image pixels (torchvision's ``resize_boxes``

@@ -103,14 +103,18 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     model = model.to(device).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return _score_on_test_set(model, cfg, device, out_dir, cfg.train.amp, cfg.train.channels_last)
+
+
+def _score_on_test_set(model: FasterRCNN | OnnxDetector, cfg: Config, device: torch.device,
+                       out_dir: Path | None, amp: str, channels_last: bool) -> dict[str, Any]:
     src = build_det_sources(cfg, train=False)[0]
     LOG.info("test set %s", src.summary())
     _check_model_classes(model, src)
     loader = build_det_test_loader(cfg, 0, sources=[src])
     evaluator = build_det_evaluator(src, out_dir=out_dir,
                                     coco_backend=cfg.evaluation.coco_backend)
-    return run_detector(model, loader, src, evaluator, device,
-                        cfg.train.amp, cfg.train.channels_last)
+    return run_detector(model, loader, src, evaluator, device, amp, channels_last)
 
 
 def evaluate_onnx(cfg: Config, path: str | Path, *, out_dir: Path | None = None
@@ -124,13 +128,7 @@ def evaluate_onnx(cfg: Config, path: str | Path, *, out_dir: Path | None = None
     model = OnnxDetector(path)
     model.check_config(dataclasses.asdict(cfg.model), where="the config")
     LOG.info("onnx %s", model.describe())
-    src = build_det_sources(cfg, train=False)[0]
-    LOG.info("test set %s", src.summary())
-    _check_model_classes(model, src)
-    loader = build_det_test_loader(cfg, 0, sources=[src])
-    evaluator = build_det_evaluator(src, out_dir=out_dir,
-                                    coco_backend=cfg.evaluation.coco_backend)
-    return run_detector(model, loader, src, evaluator, torch.device("cpu"), "none", False)
+    return _score_on_test_set(model, cfg, torch.device("cpu"), out_dir, "none", False)
 
 
 def _check_model_classes(model: FasterRCNN | OnnxDetector, src: DetSource) -> None:

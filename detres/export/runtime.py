@@ -31,8 +31,8 @@ from detres.export.format import (
     require,
 )
 from detres.modeling.box_ops import split_by_image
-from detres.modeling.faster_rcnn import detections_to_original
-from detres.preprocess import pad_batch, resize_for_model
+from detres.modeling.faster_rcnn import detections_for_images, detections_to_original
+from detres.preprocess import preprocess_images
 from detres.utils.errors import FileReadError
 
 _REQUIRED = ("detres.model", "detres.input", "detres.output", "detres.config")
@@ -172,18 +172,9 @@ class OnnxDetector:
 
     def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """``FasterRCNN.preprocess``: the resize rule, then padding (:mod:`detres.preprocess`)."""
-        resized = []
-        for i, img in enumerate(images):
-            if img.dim() != 3 or img.shape[0] != 3 or not (
-                img.is_floating_point() or img.dtype == torch.uint8
-            ):
-                raise ValueError(
-                    f"images[{i}] must be an RGB (3, H, W) tensor, uint8 or float in [0, 1], "
-                    f"got {img.dtype} {tuple(img.shape)}")
-            resized.append(resize_for_model(img.cpu(), short=self.min_size_test,
-                                            max_size=self.max_size_test, rule=self.resize_rule))
-        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in resized]
-        return pad_batch(resized, self.size_divisibility), sizes
+        return preprocess_images([img.cpu() for img in images], short=self.min_size_test,
+                                 max_size=self.max_size_test, rule=self.resize_rule,
+                                 size_divisibility=self.size_divisibility)
 
     def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """``FasterRCNN.predict``: raw RGB images -> detections in input pixels, labels as
@@ -191,13 +182,8 @@ class OnnxDetector:
         if len(images) == 0:
             return []
         batch, sizes = self.preprocess(images)
-        ids = torch.tensor(self.category_ids)
-        out = []
-        for det, img, size in zip(self.inference(batch, sizes), images, sizes, strict=True):
-            det = self.to_original(det, size, (int(img.shape[-2]), int(img.shape[-1])))
-            det["labels"] = ids[det["labels"] - 1]
-            out.append(det)
-        return out
+        return detections_for_images(self.inference(batch, sizes), images, sizes,
+                                     self.category_ids, drop_empty=self.drop_empty)
 
     def to_original(self, det: dict[str, Tensor], resized: tuple[int, int],
                     original: tuple[int, int]) -> dict[str, Tensor]:

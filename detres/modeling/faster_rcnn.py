@@ -41,7 +41,7 @@ from detres.modeling.roi_heads import (
     VGGFCHead,
 )
 from detres.modeling.rpn import RPN
-from detres.preprocess import boxes_to_original, pad_batch, resize_for_model
+from detres.preprocess import boxes_to_original, preprocess_images
 
 ARCHS = ("faster_rcnn_c4", "faster_rcnn_vgg", "faster_rcnn_fpn")
 
@@ -226,20 +226,9 @@ class FasterRCNN(nn.Module):
     def preprocess(self, images: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Raw images -> the padded batch and the resized sizes (:mod:`detres.preprocess`:
         the loaders' resize rule, then zero padding to ``size_divisibility``)."""
-        resized = []
-        for i, img in enumerate(images):
-            if img.dim() != 3 or img.shape[0] != 3 or not (
-                img.is_floating_point() or img.dtype == torch.uint8
-            ):
-                raise ValueError(
-                    f"images[{i}] must be an RGB (3, H, W) tensor, uint8 or float in [0, 1], "
-                    f"got {img.dtype} {tuple(img.shape)}"
-                )
-            resized.append(resize_for_model(img.to(self.pixel_mean.device),
-                                            short=self.min_size_test,
-                                            max_size=self.max_size_test, rule=self.resize_rule))
-        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in resized]
-        return pad_batch(resized, self.size_divisibility), sizes
+        return preprocess_images(images, short=self.min_size_test, max_size=self.max_size_test,
+                                 rule=self.resize_rule, size_divisibility=self.size_divisibility,
+                                 device=self.pixel_mean.device)
 
     @torch.no_grad()
     def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
@@ -249,14 +238,8 @@ class FasterRCNN(nn.Module):
         if len(images) == 0:
             return []
         batch, sizes = self.preprocess(images)
-        dets = self.inference(batch, sizes)
-        ids = torch.tensor(self.category_ids, device=batch.device)
-        out = []
-        for det, img, size in zip(dets, images, sizes, strict=True):
-            det = self.to_original(det, size, (int(img.shape[-2]), int(img.shape[-1])))
-            det["labels"] = ids[det["labels"] - 1]
-            out.append(det)
-        return out
+        return detections_for_images(self.inference(batch, sizes), images, sizes,
+                                     self.category_ids, drop_empty=self.drop_empty)
 
     def to_original(self, det: dict[str, Tensor], resized: tuple[int, int],
                     original: tuple[int, int]) -> dict[str, Tensor]:
@@ -267,6 +250,22 @@ class FasterRCNN(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+
+def detections_for_images(dets: Sequence[dict[str, Tensor]], images: Sequence[Tensor],
+                          sizes: Sequence[tuple[int, int]], category_ids: Sequence[int], *,
+                          drop_empty: bool) -> list[dict[str, Tensor]]:
+    """``predict``'s last step (the PyTorch detector's and an exported one's): each image's
+    detections in its own pixels (:func:`detections_to_original`), labels 1..K as the data
+    set's category ids."""
+    out = []
+    for det, img, size in zip(dets, images, sizes, strict=True):
+        det = detections_to_original(det, size, (int(img.shape[-2]), int(img.shape[-1])),
+                                     drop_empty=drop_empty)
+        ids = torch.tensor(list(category_ids), device=det["labels"].device)
+        det["labels"] = ids[det["labels"] - 1]
+        out.append(det)
+    return out
 
 
 def detections_to_original(det: dict[str, Tensor], resized: tuple[int, int],
