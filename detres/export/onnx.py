@@ -32,6 +32,7 @@ in onnxruntime on the export inputs and compared with PyTorch.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -228,9 +229,10 @@ def export_program(model: FasterRCNN, *, dynamic: bool, batch: int
 
 def export_onnx(model: FasterRCNN, path: str | os.PathLike[str], *, opset: int = 18,
                 dynamic: bool = True, batch: int = 1, check: bool = True) -> dict[str, Any]:
-    """Write ``model`` (eval mode, float32, CPU) as an ONNX file at ``path`` (atomically) and,
-    with ``check``, run it in onnxruntime on the export inputs and compare with PyTorch
-    (:func:`compare_detections`; a mismatch is an :class:`ExportError` and no file is left).
+    """Write ``model`` (a float32 CPU copy in eval mode) as an ONNX file at ``path``
+    (atomically) and, with ``check``, run it in onnxruntime on the export inputs and compare
+    with PyTorch (:func:`compare_detections`; a mismatch is an :class:`ExportError` and no file
+    is left).
     Returns a report: the path, opset, shapes, metadata and the comparison."""
     if opset not in OPSETS:
         raise ExportError(f"--opset {opset} is not supported: detres exports opsets "
@@ -240,7 +242,8 @@ def export_onnx(model: FasterRCNN, path: str | os.PathLike[str], *, opset: int =
         raise ExportError(f"--batch must be >= 1, got {batch}")
     require("onnx")
     translation = _translations()
-    model = model.cpu().float().eval().to(memory_format=torch.contiguous_format)
+    # a copy on the CPU, float32, contiguous: the caller's model is left as it is
+    model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
     program, inputs = export_program(model, dynamic=dynamic, batch=batch)
     try:
         onnx_program = torch.onnx.export(
