@@ -48,3 +48,40 @@ def test_autocast_auto_and_cpu_line(monkeypatch: pytest.MonkeyPatch) -> None:
     line = D.cpu_line()
     assert "threads" in line and "torch CPU capability" in line
     assert D.cpu_info()["cpu"]
+
+
+def _rss_mib() -> float:
+    import os
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(D._glibc() is None, reason="glibc's malloc only (Linux)")
+def test_cpu_allocator_keeps_large_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``tune_cpu_allocator`` a freed 512 MiB tensor stays in the heap (its pages are
+    reused, not faulted in again); with glibc's default thresholds it goes back to the kernel;
+    ``DETRES_MALLOC=default`` and ``resolve_device`` choose between the two."""
+    n = (512 << 20) // 4
+    try:
+        assert D.tune_cpu_allocator(False) is False and D.allocator_state() == "default"
+        assert "malloc default" in D.cpu_line()
+        t = torch.ones(n)
+        before = _rss_mib()
+        del t
+        assert before - _rss_mib() > 400  # unmapped at once
+        assert D.tune_cpu_allocator(True) is True
+        assert "malloc large blocks kept" in D.cpu_line()
+        t = torch.ones(n)
+        before = _rss_mib()
+        del t
+        assert before - _rss_mib() < 100  # kept for the next allocation
+        monkeypatch.setenv("DETRES_MALLOC", "default")
+        D.resolve_device("cpu")
+        assert D.allocator_state() == "default"
+        monkeypatch.delenv("DETRES_MALLOC")
+        D.resolve_device("cpu")
+        assert D.allocator_state() == "large blocks kept"
+    finally:
+        D.tune_cpu_allocator()
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the test's 512 MiB back

@@ -152,3 +152,27 @@ def test_fc6_as_convolution_matches_the_linear() -> None:
     y = head(x)  # training: the Linear, gradients reach fc6.weight
     y.sum().backward()
     assert head.fc6.weight.grad is not None
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("fine_hw", [(12, 16), (11, 16)])
+def test_fpn_top_down_sum_matches_interpolation(layout: torch.memory_format,
+                                                fine_hw: tuple[int, int]) -> None:
+    """The FPN's top-down sum as a broadcast over a 2x2 view equals torchvision's nearest
+    interpolation plus add, bit for bit, in both layouts, gradients included; a map that is
+    not exactly twice the coarser one (11 rows over 6) takes the interpolation."""
+    from detres.modeling.backbones.fpn import add_upsampled_
+
+    g = torch.Generator().manual_seed(0)
+    fine0 = torch.randn(2, 8, *fine_hw, generator=g).contiguous(memory_format=layout)
+    coarse0 = torch.randn(2, 8, 6, 8, generator=g).contiguous(memory_format=layout)
+    outs, grads = [], []
+    for ref in (False, True):
+        fine, coarse = (t.clone().requires_grad_() for t in (fine0, coarse0))
+        with reference_ops(ref):
+            out = add_upsampled_(fine * 1, coarse)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append((fine.grad, coarse.grad))
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

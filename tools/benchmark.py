@@ -32,7 +32,14 @@ from detres.benchmark import suite as B
 from detres.benchmark.core import PRECISIONS, calibrate_random_detector, test_size
 from detres.config import load_config
 from detres.modeling import build_detector, load_pretrained
-from detres.utils.device import auto_amp, cpu_has_native_bf16, cpu_info, cpu_line, resolve_device
+from detres.utils.device import (
+    allocator_state,
+    auto_amp,
+    cpu_has_native_bf16,
+    cpu_info,
+    cpu_line,
+    resolve_device,
+)
 
 
 def parse_hw(text: str) -> tuple[int, int]:
@@ -46,9 +53,11 @@ def parse_hw(text: str) -> tuple[int, int]:
 
 def machine(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on: CPU model, flags, torch's CPU capability, threads,
-    native bf16 (as ``train.amp=auto`` sees it), torch, date, and the GPU if any."""
+    native bf16 (as ``train.amp=auto`` sees it), the CPU allocator's setting, torch, date, and
+    the GPU if any."""
     info = {**cpu_info(), "threads": torch.get_num_threads(),
-            "bf16_native": cpu_has_native_bf16(), "torch": torch.__version__,
+            "bf16_native": cpu_has_native_bf16(), "malloc": allocator_state(),
+            "torch": torch.__version__,
             "date": datetime.date.today().isoformat()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -236,22 +236,22 @@ def detres_train_step(model: FasterRCNN, images: Tensor, targets: list[dict[str,
 # ---------------------------------------------------------------------------- hardware
 
 
-def conv_throughput(device: torch.device, precision: str, channels_last: bool, *,
-                    repeats: int = 5) -> float:
-    """GFLOP/s of a large 3x3 convolution (256 -> 256 channels on a 200 x 272 map, the FPN's
-    p2 level at 800 x 1088): what the machine can do on the model's main operation."""
+def large_conv(device: torch.device, precision: str,
+               channels_last: bool) -> tuple[Callable[[], None], int]:
+    """A large 3x3 convolution (256 -> 256 channels on a 200 x 272 map, the FPN's p2 level at
+    800 x 1088), what the machine can do on the model's main operation: a function that runs
+    it once and its FLOPs (2 per multiply-add). Time it beside what it is compared with, in
+    one ``alternate`` call, so that the machine's drift cancels in the ratio."""
     conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device)
     x = torch.randn(1, 256, 200, 272, device=device)
     if channels_last:
         conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(
             memory_format=torch.channels_last)
-    flops = 2 * 256 * 256 * 9 * 200 * 272
 
     def run() -> None:
         with torch.inference_mode(), autocast_context(device, amp_name(precision)):
             conv(x)
-    t = statistics.median(alternate({"conv": run}, device, warmup=1, repeats=repeats)["conv"])
-    return flops / t / 1e9
+    return run, 2 * 256 * 256 * 9 * 200 * 272
 
 
 def feature_flops(model: FasterRCNN, hw: tuple[int, int]) -> int:
