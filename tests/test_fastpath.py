@@ -158,9 +158,10 @@ def test_fc6_as_convolution_matches_the_linear() -> None:
 @pytest.mark.parametrize("fine_hw", [(12, 16), (11, 16)])
 def test_fpn_top_down_sum_matches_interpolation(layout: torch.memory_format,
                                                 fine_hw: tuple[int, int]) -> None:
-    """The FPN's top-down sum as a broadcast over a 2x2 view equals torchvision's nearest
-    interpolation plus add, bit for bit, in both layouts, gradients included; a map that is
-    not exactly twice the coarser one (11 rows over 6) takes the interpolation."""
+    """The FPN's top-down sum as a broadcast over a 2x2 view (inference) equals torchvision's
+    nearest interpolation plus add, bit for bit, in both layouts; under autograd the
+    interpolation runs, gradients equal to the reference; a map that is not exactly twice the
+    coarser one (11 rows over 6) takes the interpolation."""
     from detres.modeling.backbones.fpn import add_upsampled_
 
     g = torch.Generator().manual_seed(0)
@@ -176,3 +177,8 @@ def test_fpn_top_down_sum_matches_interpolation(layout: torch.memory_format,
         grads.append((fine.grad, coarse.grad))
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    with torch.no_grad():  # where the broadcast runs
+        fast = add_upsampled_(fine0.clone(), coarse0)
+        with reference_ops():
+            ref = add_upsampled_(fine0.clone(), coarse0)
+    assert torch.equal(fast, ref)

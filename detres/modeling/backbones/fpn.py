@@ -74,10 +74,13 @@ def add_upsampled_(fine: Tensor, coarse: Tensor) -> Tensor:
     exactly twice ``coarse`` in both sides (an input padded to the top level's stride), the
     nearest 2x upsampling is a broadcast over a (h, 2, w, 2) view of ``fine``: the same sum, bit
     for bit, without writing the upsampled map (p2 at 800 x 1088: 56 MB; the top-down sums'
-    time halves). The reference path (:func:`~detres.modeling.fastpath.reference_ops`) and an
+    time halves). Without autograd only: the backward of an in-place sum into a view goes
+    through autograd's copy-slices path, 2-3x the interpolation's backward on p2 (measured in a
+    training step). The reference path (:func:`~detres.modeling.fastpath.reference_ops`) and an
     export take torchvision's interpolation."""
     n, c, h, w = coarse.shape
     if (fast_ops_enabled() and not torch.compiler.is_exporting()
+            and not (torch.is_grad_enabled() and (fine.requires_grad or coarse.requires_grad))
             and fine.shape[-2:] == (2 * h, 2 * w)):
         fine.view(n, c, h, 2, w, 2).add_(coarse[:, :, :, None, :, None])
         return fine
