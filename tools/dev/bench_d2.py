@@ -33,7 +33,7 @@ from detres.config import load_config
 from detres.data.det_transforms import image_tensor
 from detres.engine.predict import build_predictor
 from detres.modeling.weights.zoo import detectron2_checkpoint
-from detres.utils.device import cpu_line
+from detres.utils.device import cpu_line, resolve_device
 from detres.utils.io import atomic_save
 
 CONFIGS = {"r101_c4": "coco_r101_c4_3x.yaml", "r50_fpn": "coco_r50_fpn_3x.yaml"}
@@ -71,9 +71,10 @@ def bench_one(d2: Path, name: str, hw: tuple[int, int], warmup: int, repeats: in
     dcfg = load_config(CONFIGS[name], [f"model.input.min_size_test={min(hw)}"])
     converted = tmp / f"{name}.pth"
     atomic_save(detectron2_checkpoint(pkl, dcfg), converted)  # convert_weights --from detectron2
-    ours = build_predictor(dcfg, converted, torch.device("cpu"))  # as predict.py, eval.py run it
+    cpu = resolve_device("cpu")  # as predict.py and eval.py set the process up (the allocator)
+    ours = build_predictor(dcfg, converted, cpu)  # as predict.py, eval.py run it
     rgb = image_tensor(np.ascontiguousarray(bgr[:, :, ::-1]))
-    ours_run = detres_inference(ours, [rgb], torch.device("cpu"), "fp32")
+    ours_run = detres_inference(ours, [rgb], cpu, "fp32")
 
     def d2_run() -> object:
         with torch.inference_mode():
@@ -112,6 +113,7 @@ def main() -> int:
                    help="also time Detectron2 with its model converted to channels-last")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     a = p.parse_args()
+    resolve_device("cpu")  # the process as detres' tools set it up (DETRES_MALLOC=default: not)
     print(cpu_line(), f"| torch threads {torch.get_num_threads()}")
     report: dict[str, object] = {"cpu": cpu_line(), "threads": torch.get_num_threads(),
                                  "hw": a.hw}
