@@ -31,14 +31,14 @@ from detres.export.format import (
     require,
 )
 from detres.modeling.box_ops import split_by_image
-from detres.modeling.faster_rcnn import detections_for_images, detections_to_original
+from detres.modeling.faster_rcnn import RawImagePredictor
 from detres.preprocess import preprocess_images
 from detres.utils.errors import FileReadError
 
 _REQUIRED = ("detres.model", "detres.input", "detres.output", "detres.config")
 
 
-class OnnxDetector:
+class OnnxDetector(RawImagePredictor):
     """An ONNX file written by ``tools/export.py``, run on the CPU by onnxruntime with
     ``threads`` intra-op threads (default: torch's thread count)."""
 
@@ -175,19 +175,6 @@ class OnnxDetector:
         return preprocess_images([img.cpu() for img in images], short=self.min_size_test,
                                  max_size=self.max_size_test, rule=self.resize_rule,
                                  size_divisibility=self.size_divisibility)
-
-    def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        """``FasterRCNN.predict``: raw RGB images -> detections in input pixels, labels as
-        category ids."""
-        if len(images) == 0:
-            return []
-        batch, sizes = self.preprocess(images)
-        return detections_for_images(self.inference(batch, sizes), images, sizes,
-                                     self.category_ids, drop_empty=self.drop_empty)
-
-    def to_original(self, det: dict[str, Tensor], resized: tuple[int, int],
-                    original: tuple[int, int]) -> dict[str, Tensor]:
-        return detections_to_original(det, resized, original, drop_empty=self.drop_empty)
 
     def describe(self) -> str:
         shape = ("dynamic batch and size" if self.fixed is None else

@@ -50,7 +50,46 @@ def _sizes(image_sizes: Sequence[Any] | Tensor) -> list[tuple[int, int]]:
     return [(int(s[0]), int(s[1])) for s in image_sizes]
 
 
-class FasterRCNN(nn.Module):
+class RawImagePredictor:
+    """``predict`` and ``to_original``, the raw-image interface that :class:`FasterRCNN` and an
+    exported detector (``detres.export.OnnxDetector``) share, written once on top of what each
+    provides: ``preprocess`` (raw images -> padded batch, resized sizes), ``inference`` (a
+    batch -> detections in resized pixels, labels 1..K), ``category_ids`` and ``drop_empty``."""
+
+    category_ids: list[int]
+    drop_empty: bool
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Detections on raw images: a list of RGB ``(3, H, W)`` tensors (uint8, or float in
+        [0, 1]) of any sizes, resized and padded as the test loader does. Boxes come back in
+        input-image pixels, labels as dataset category ids (``self.category_ids``)."""
+        if len(images) == 0:
+            return []
+        batch, sizes = self.preprocess(images)  # type: ignore[attr-defined]
+        dets = self.inference(batch, sizes)  # type: ignore[attr-defined]
+        out = []
+        for det, img, size in zip(dets, images, sizes, strict=True):
+            det = self.to_original(det, size, (int(img.shape[-2]), int(img.shape[-1])))
+            ids = torch.tensor(self.category_ids, device=det["labels"].device)
+            det["labels"] = ids[det["labels"] - 1]
+            out.append(det)
+        return out
+
+    def to_original(self, det: dict[str, Tensor], resized: tuple[int, int],
+                    original: tuple[int, int]) -> dict[str, Tensor]:
+        """One image's detections from resized-image to original-image pixels (``tools/eval.py``
+        and ``predict`` alike); with ``drop_empty`` (Detectron2's ``detector_postprocess``) the
+        boxes the rescale left empty go."""
+        boxes = boxes_to_original(det["boxes"], resized, original)
+        det = {**det, "boxes": boxes}
+        if self.drop_empty:
+            keep = nonempty(boxes, 0.0, strict=True)
+            det = {k: v[keep] for k, v in det.items()}
+        return det
+
+
+class FasterRCNN(nn.Module, RawImagePredictor):
     """Backbone (+ neck) -> RPN -> ROI heads. Images enter as RGB floats in [0, 1]."""
 
     def __init__(
@@ -230,55 +269,9 @@ class FasterRCNN(nn.Module):
                                  rule=self.resize_rule, size_divisibility=self.size_divisibility,
                                  device=self.pixel_mean.device)
 
-    @torch.no_grad()
-    def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        """Detections on raw images: a list of RGB ``(3, H, W)`` tensors (uint8, or float in
-        [0, 1]) of any sizes, resized and padded as the test loader does. Boxes come back in
-        input-image pixels, labels as dataset category ids (``self.category_ids``)."""
-        if len(images) == 0:
-            return []
-        batch, sizes = self.preprocess(images)
-        return detections_for_images(self.inference(batch, sizes), images, sizes,
-                                     self.category_ids, drop_empty=self.drop_empty)
-
-    def to_original(self, det: dict[str, Tensor], resized: tuple[int, int],
-                    original: tuple[int, int]) -> dict[str, Tensor]:
-        """One image's detections in original-image pixels (``tools/eval.py`` and
-        ``predict`` alike); with ``drop_empty`` the boxes the rescale left empty go."""
-        return detections_to_original(det, resized, original, drop_empty=self.drop_empty)
-
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
-
-
-def detections_for_images(dets: Sequence[dict[str, Tensor]], images: Sequence[Tensor],
-                          sizes: Sequence[tuple[int, int]], category_ids: Sequence[int], *,
-                          drop_empty: bool) -> list[dict[str, Tensor]]:
-    """``predict``'s last step (the PyTorch detector's and an exported one's): each image's
-    detections in its own pixels (:func:`detections_to_original`), labels 1..K as the data
-    set's category ids."""
-    out = []
-    for det, img, size in zip(dets, images, sizes, strict=True):
-        det = detections_to_original(det, size, (int(img.shape[-2]), int(img.shape[-1])),
-                                     drop_empty=drop_empty)
-        ids = torch.tensor(list(category_ids), device=det["labels"].device)
-        det["labels"] = ids[det["labels"] - 1]
-        out.append(det)
-    return out
-
-
-def detections_to_original(det: dict[str, Tensor], resized: tuple[int, int],
-                           original: tuple[int, int], *, drop_empty: bool) -> dict[str, Tensor]:
-    """One image's detections from resized-image to original-image pixels; with
-    ``drop_empty`` (Detectron2's ``detector_postprocess``) the boxes left empty go. The
-    PyTorch detector and an exported one (``detres.export``) share it."""
-    boxes = boxes_to_original(det["boxes"], resized, original)
-    det = {**det, "boxes": boxes}
-    if drop_empty:
-        keep = nonempty(boxes, 0.0, strict=True)
-        det = {k: v[keep] for k, v in det.items()}
-    return det
 
 
 # ---------------------------------------------------------------------------- build

@@ -62,7 +62,10 @@ class Backbone(nn.Module, ABC):
 
     def stage_attributes(self, name: str) -> list[str]:
         """The attributes holding stage ``name``'s parameters (for :meth:`split_last_stage`)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot split off its stages")
+        raise NotImplementedError(
+            f"{type(self).__name__} does not say which attributes hold its stage {name!r}, so "
+            "a C4 box head cannot take that stage over: override stage_attributes, or use "
+            "an FPN (or, for VGG, its fc head) instead")
 
     def split_last_stage(self) -> nn.Module:
         """Remove the last stage from the trunk and return the module computing it."""
