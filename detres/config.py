@@ -223,6 +223,13 @@ class TrainCfg:
     checkpoint_period: int = 0  # iterations between checkpoints; 0: only at the end
     channels_last: bool = True  # NHWC: faster convolutions on CPU (oneDNN) and tensor cores
     deterministic: bool = False
+    # Signals that stop a run cleanly (every rank ends its step, rank 0 writes
+    # checkpoint_last.pth, exit code 3): what SLURM / Kubernetes send before a kill, and
+    # SLURM's --signal=USR1@<seconds> warning. [] keeps the default handlers (death).
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    # Seconds a collective may wait for the other ranks before the run ends with a message
+    # (exit code 5) instead of hanging on a dead or stuck peer; torch's gloo default.
+    dist_timeout_s: float = 1800.0
 
 
 @dataclass

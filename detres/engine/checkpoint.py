@@ -1,7 +1,8 @@
 """Training checkpoints: plain tensors and plain types, written atomically, read safely.
 
-A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "config",
-"meta"}``; everything in it is a tensor, a number, a string, or a list/dict of those, so
+A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "rng",
+"rng_per_rank", "world_size", "config", "meta"}`` (``rng``: this process's RNG state;
+``rng_per_rank``: every rank's, so each rank of a resumed DDP run continues its own stream); everything in it is a tensor, a number, a string, or a list/dict of those, so
 reading it (:func:`detres.utils.io.read_checkpoint`, ``weights_only=True``) never unpickles
 arbitrary objects. The model's state goes through :mod:`detres.modeling.weights` (strict).
 """
@@ -17,6 +18,7 @@ from torch import nn
 
 from detres.modeling.weights import WeightsError, load_model_state
 from detres.utils.io import atomic_save, read_checkpoint, rng_state, set_rng_state
+from detres.utils.logging import LOG
 
 LAST = "checkpoint_last.pth"
 FINAL = "model_final.pth"
@@ -37,11 +39,15 @@ def save_checkpoint(
     iteration: int = 0,
     config: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    rng_per_rank: list[dict[str, Any]] | None = None,
 ) -> Path:
+    rngs = rng_per_rank or [rng_state()]
     obj: dict[str, Any] = {
         "model": unwrap(model).state_dict(),
         "iteration": int(iteration),
-        "rng": rng_state(),
+        "rng": rngs[0],
+        "rng_per_rank": rngs,
+        "world_size": len(rngs),
         "config": config or {},
         "meta": meta or {},
     }
@@ -61,8 +67,13 @@ def resume_from(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """Restore everything saved by :func:`save_checkpoint`; returns the checkpoint dict."""
+    """Restore everything saved by :func:`save_checkpoint`; returns the checkpoint dict.
+    ``rank`` takes its own RNG state when the checkpoint was written by as many ranks as
+    there are now; with another world size the data shards differ anyway, and every rank
+    takes rank 0's state (logged)."""
     ckpt = read_checkpoint(path)
     if "model" not in ckpt:
         raise WeightsError(f"checkpoint {path} has no 'model' entry (keys: {sorted(ckpt)})")
@@ -73,6 +84,13 @@ def resume_from(
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
-    if "rng" in ckpt:
+    per_rank = ckpt.get("rng_per_rank") or []
+    if len(per_rank) == world_size:
+        set_rng_state(per_rank[rank])
+    elif "rng" in ckpt:
+        if per_rank:
+            LOG.warning("%s was written by %d ranks, resumed by %d: the data shards and random "
+                        "streams differ from an uninterrupted run", path, len(per_rank),
+                        world_size)
         set_rng_state(ckpt["rng"])
     return ckpt

@@ -1,11 +1,11 @@
 """What every tool does first: arguments, config, output directory, seeds, device, DDP; and
-how every tool ends on bad input: one line naming the file, key or value, exit code 2."""
+how every tool ends when it cannot finish: one line naming the file, key, value or fault, and
+an exit code that says what a scheduler should do next (:data:`EXIT_CODES`)."""
 
 from __future__ import annotations
 
 import argparse
 import random
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +16,18 @@ import numpy as np
 import torch
 
 from detres.config import Config, load_config, published_figures, save_config
-from detres.engine.trainer import NonFiniteLossError
+from detres.engine.trainer import NonFiniteLossError, Preempted
 from detres.utils.device import cpu_line, resolve_amp, resolve_device
-from detres.utils.dist import get_rank, get_world_size, init_distributed, is_main_process
-from detres.utils.errors import InputError
+from detres.utils.dist import (
+    PeerLostError,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+    restart_count,
+)
+from detres.utils.errors import InputError, error_line
+from detres.utils.io import CheckpointWriteError
 from detres.utils.logging import LOG, setup_logging
 
 
@@ -48,35 +56,61 @@ def add_debug_flag(p: argparse.ArgumentParser) -> None:
 
 #: the user's input being wrong, not a bug: reported in one line (see :func:`run_cli`)
 USER_ERRORS = (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-               PermissionError, NonFiniteLossError)
+               PermissionError, CheckpointWriteError)
 
+EXIT_BAD_INPUT = 2  # a file, key, value, image or annotation, or a disk that cannot be written
+EXIT_PREEMPTED = 3  # a stop signal: checkpoint written; relaunch with --resume (requeue)
+EXIT_DIVERGED = 4  # a non-finite loss: nothing saved after it; change the recipe first
+EXIT_PEER_LOST = 5  # another rank died or a collective timed out; relaunch with --resume
 
-def error_line(e: BaseException) -> str:
-    """The message of ``e`` as one line; for an error re-raised from a DataLoader worker, the
-    original error's own message rather than the worker's traceback."""
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    if "Original Traceback" in text:
-        last = [ln for ln in text.splitlines() if ln.strip()][-1]
-        text = re.sub(r"^[\w.]+: ", "", last.strip())
-    return " ".join(text.split()) or type(e).__name__
+#: what each exit code means (0: done; 1: a bug, with its traceback), in the README too
+EXIT_CODES = {
+    0: "finished",
+    1: "a bug (Python traceback)",
+    EXIT_BAD_INPUT: "bad input or an unwritable disk (the line names the file, key or value)",
+    EXIT_PREEMPTED: "preempted by a stop signal; checkpoint_last.pth written: resume",
+    EXIT_DIVERGED: "a non-finite loss; nothing saved after it: lower the LR or clip, then "
+                   "resume",
+    EXIT_PEER_LOST: "another rank died or a collective timed out: resume",
+}
+
+_FAULTS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (Preempted, EXIT_PREEMPTED, "stopped"),
+    (NonFiniteLossError, EXIT_DIVERGED, "error"),
+    (PeerLostError, EXIT_PEER_LOST, "error"),
+    (USER_ERRORS, EXIT_BAD_INPUT, "error"),  # type: ignore[arg-type]
+)
 
 
 def run_cli(prog: str, body: Callable[[], int], *, debug: bool = False) -> int:
-    """Run a tool's body: bad input (:data:`USER_ERRORS`) prints ``prog: error: <one line>``
-    and returns 2 (with ``debug``: raises, for the traceback); anything else is a bug and
-    keeps its traceback."""
+    """Run a tool's body: bad input (:data:`USER_ERRORS`) and the faults of a training run
+    (preemption, divergence, a lost peer) print ``prog: error: <one line>`` and return their
+    code in :data:`EXIT_CODES` (with ``debug``: raise, for the traceback); anything else is
+    a bug and keeps its traceback."""
     try:
         return body()
-    except USER_ERRORS as e:
-        if debug:
+    except (Preempted, NonFiniteLossError, PeerLostError, *USER_ERRORS) as e:
+        if debug and not isinstance(e, Preempted):
             raise
-        print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
-        return 2
+        code, word = next((c, w) for t, c, w in _FAULTS if isinstance(e, t))
+        print(f"{prog}: {word}: {error_line(e)}", file=sys.stderr, flush=True)
+        return code
 
 
 def resume_arg(args: argparse.Namespace) -> str | None:
-    """``"last"``, a checkpoint path, or None (from ``--resume`` / ``--resume-from``)."""
-    return args.resume_from or ("last" if args.resume else None)
+    """``"last"``, a checkpoint path, or None (from ``--resume`` / ``--resume-from``). A
+    worker group that torchrun's elastic agent restarted (``--max-restarts``) resumes from
+    the output directory's last checkpoint by itself: the restart runs the same command, and
+    starting over would repeat the work (and, without ``--resume``, overwrite it)."""
+    if args.resume_from:
+        return args.resume_from
+    if args.resume:
+        return "last"
+    if restart_count() > 0:
+        LOG.info("torchrun restart %d: resuming from the output directory's last checkpoint",
+                 restart_count())
+        return "last"
+    return None
 
 
 @dataclass
@@ -108,7 +142,7 @@ def setup_run(args: argparse.Namespace) -> Run:
     cfg = load_config(args.cfg, args.overrides)
     out_dir = Path(args.out_dir or Path("output") / Path(args.cfg).stem)
     device = resolve_device(cfg.train.device)  # CUDA: this process's local rank
-    distributed = init_distributed(device.type)
+    distributed = init_distributed(device.type, cfg.train.dist_timeout_s)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg.train.deterministic
     setup_logging(out_dir)

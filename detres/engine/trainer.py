@@ -5,6 +5,14 @@ The task supplies two functions: ``step_fn(model, batch) -> {name: Tensor}`` (ke
 with ``loss`` are summed into the objective; others are logged) and
 ``eval_fn(model) -> {metric: float}``. Everything else (AMP, DDP, atomic checkpoints,
 ``--resume``, tqdm, JSON lines, curves) lives here once.
+
+Faults end every rank at the same step with the same message, never a hang: each step the
+ranks agree (one small all-reduce after the batch is loaded, one after the loss) on whether
+any rank met a bad batch, a stop signal (preemption: rank 0 writes ``checkpoint_last.pth``,
+:class:`Preempted`) or a non-finite loss (:class:`NonFiniteLossError`); a collective that
+fails because a peer died or timed out is a :class:`~detres.utils.dist.PeerLostError`; a
+checkpoint that cannot be written is a :class:`~detres.utils.io.CheckpointWriteError` on
+every rank, the previous checkpoint untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -23,9 +32,22 @@ from detres.config import Config, to_dict
 from detres.engine import checkpoint as ckpt
 from detres.engine.schedule import LRSchedule, build_optimizer
 from detres.utils.device import autocast_context, resolve_amp
-from detres.utils.dist import broadcast_object, is_dist, is_main_process, reduce_mean
-from detres.utils.io import rng_state, set_rng_state
+from detres.utils.dist import (
+    PeerLostError,
+    all_gather_object,
+    broadcast_object,
+    describe_peer_error,
+    flagged_ranks,
+    get_rank,
+    get_world_size,
+    is_dist,
+    is_main_process,
+    reduce_mean,
+)
+from detres.utils.errors import InputError, error_line
+from detres.utils.io import CheckpointWriteError, remove_stale_temp_files, rng_state, set_rng_state
 from detres.utils.logging import LOG, JSONLWriter
+from detres.utils.signals import StopSignals, parse_signals
 
 StepFn = Callable[[nn.Module, Any], dict[str, Tensor]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
@@ -33,6 +55,11 @@ EvalFn = Callable[[nn.Module], dict[str, float]]
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a loss becomes NaN or infinite; no checkpoint is written after it."""
+
+
+class Preempted(Exception):
+    """A stop signal (SIGTERM, SIGUSR1, ...) ended the run at a step boundary, after rank 0
+    wrote ``checkpoint_last.pth``; relaunching with ``--resume`` continues exactly."""
 
 
 @dataclass
@@ -76,24 +103,55 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str) -> Path | None:
+        """Rank 0 writes ``OUT/name`` atomically, with every rank's RNG state (so a resumed
+        DDP run continues each rank's stream). Collective: a failed write is the same
+        :class:`CheckpointWriteError` on every rank, and only a written checkpoint becomes
+        ``state.last_checkpoint``."""
+        rngs = all_gather_object(rng_state())
+        written: Path | None = None
+        err: str | None = None
+        if is_main_process():
+            try:
+                written = ckpt.save_checkpoint(
+                    self.out_dir / name,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.schedule,
+                    scaler=self.scaler,
+                    iteration=self.state.iteration,
+                    config=to_dict(self.cfg),
+                    meta=self.meta,
+                    rng_per_rank=rngs,
+                )
+            except CheckpointWriteError as e:
+                err = str(e)
+        err = broadcast_object(err)
+        if err is not None:
+            raise CheckpointWriteError(f"{err}; {self._saved_text()}")
         self.state.last_checkpoint = (self.out_dir / name, self.state.iteration)
-        if not is_main_process():
-            return None
-        return ckpt.save_checkpoint(
-            self.out_dir / name,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.schedule,
-            scaler=self.scaler,
-            iteration=self.state.iteration,
-            config=to_dict(self.cfg),
-            meta=self.meta,
-        )
+        return written
+
+    def _saved_text(self) -> str:
+        last = self.state.last_checkpoint
+        if last:
+            return f"the last good checkpoint is {last[0]} (iteration {last[1]})"
+        return ("no checkpoint was written before it (train.checkpoint_period="
+                f"{self.cfg.train.checkpoint_period})")
 
     def resume(self, path: str | Path | None = None) -> bool:
-        """Continue from ``path`` or the output directory's last checkpoint, if any."""
+        """Continue from ``path`` or the output directory's last checkpoint, if any. Under
+        DDP every rank must see the same file (a shared file system) and takes its own RNG
+        state from it."""
         path = Path(path) if path else self.out_dir / ckpt.LAST
-        if not path.is_file():
+        if is_main_process():
+            remove_stale_temp_files(path)  # left by a writer killed mid-write
+        seen = all_gather_object(path.is_file())
+        if any(seen) and not all(seen):
+            missing = [r for r, s in enumerate(seen) if not s]
+            raise InputError(f"{path}: rank(s) {missing} cannot see the checkpoint that the "
+                             "other ranks resume from; --out-dir (and --resume-from) must be "
+                             "on a file system that every node shares")
+        if not seen[0]:
             LOG.info("no checkpoint at %s; starting from scratch", path)
             return False
         c = ckpt.resume_from(
@@ -102,8 +160,14 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.schedule,
             scaler=self.scaler,
+            rank=get_rank(),
+            world_size=get_world_size(),
         )
-        self.state.iteration = int(c["iteration"])
+        iters = all_gather_object(int(c["iteration"]))
+        if len(set(iters)) > 1:
+            raise InputError(f"{path}: the ranks read different checkpoints (iterations "
+                             f"{iters}); was it replaced while the run started?")
+        self.state.iteration = iters[0]
         self.state.last_checkpoint = (path, self.state.iteration)
         self.writer.truncate_after(self.state.iteration)
         LOG.info("resumed from %s at iteration %d", path, self.state.iteration)
@@ -144,7 +208,68 @@ class Trainer:
         self.state.last_metrics = metrics
         return metrics
 
+    # ------------------------------------------------------------------ step faults
+    def _fetch(self, data: Iterator[Any]) -> tuple[Any, BaseException | None]:
+        try:
+            return next(data), None
+        except Exception as e:  # a bad image / annotation, possibly in a DataLoader worker
+            return None, e
+
+    def _check_step_start(self, fault: BaseException | None, stop: StopSignals) -> None:
+        """Before the forward (and DDP's collectives): does any rank have a bad batch or a
+        stop signal? Every rank gets the same answer, so every rank stops here."""
+        bad, signalled = flagged_ranks(fault is not None, stop.received is not None)
+        if bad:
+            if not is_dist():
+                assert fault is not None
+                raise fault
+            src = bad[0]
+            msg = broadcast_object(error_line(fault) if fault is not None else None, src=src)
+            text = f"rank {src} (of {get_world_size()}) could not load a batch: {msg}"
+            if isinstance(fault, (InputError, OSError)) or fault is None:
+                raise InputError(text) from fault
+            raise RuntimeError(text) from fault  # a bug: keep the traceback
+        if signalled:
+            name = broadcast_object(stop.received, src=signalled[0])
+            self.save(ckpt.LAST)
+            where = f"rank {signalled[0]}" if is_dist() else "the process"
+            msg = (f"preempted: {where} received {name}; stopped after iteration "
+                   f"{self.state.iteration} of {self.cfg.solver.max_iter}, checkpoint "
+                   f"{self.out_dir / ckpt.LAST} written; relaunch with --resume to continue")
+            LOG.warning(msg)
+            raise Preempted(msg)
+
+    def _check_finite(self, it: int, losses: dict[str, Tensor], total: Tensor) -> None:
+        """After the forward, before the backward: a non-finite loss on any rank stops every
+        rank with one message naming the rank(s) and the loss terms."""
+        (bad,) = flagged_ranks(not bool(torch.isfinite(total.detach())))
+        if not bad:
+            return
+        vals = all_gather_object({k: float(v.detach()) for k, v in losses.items()})
+        if is_dist():
+            where = "; ".join(f"rank {r}: {vals[r]}" for r in bad)
+            where = f"on {where}"
+        else:
+            where = f"{vals[0]}"
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {it} {where}; stopped without saving; "
+            f"{self._saved_text()}. Lower solver.base_lr, add warm-up, or set "
+            "solver.clip_grad_norm."
+        )
+
     def train(self) -> dict[str, float]:
+        """Run to ``solver.max_iter``; see the module docstring for how faults end it."""
+        with StopSignals(parse_signals(self.cfg.train.stop_signals)) as stop:
+            try:
+                return self._train(stop)
+            except dist.DistError as e:
+                raise PeerLostError(
+                    f"rank {get_rank()} (of {get_world_size()}) lost the other ranks after "
+                    f"iteration {self.state.iteration}: {describe_peer_error(e)}; "
+                    f"{self._saved_text()}; relaunch with --resume (torchrun --max-restarts "
+                    "does so by itself)") from e
+
+    def _train(self, stop: StopSignals) -> dict[str, float]:
         cfg = self.cfg
         max_iter = cfg.solver.max_iter
         start = self.state.iteration
@@ -161,26 +286,17 @@ class Trainer:
         running: dict[str, Tensor] = {}
         n_running = 0
         t_last = time.perf_counter()
-        data = self.data_fn(start)
+        data = self.data_fn(start)  # after the handlers: DataLoader workers inherit them
         for it in range(start, max_iter):
             self.schedule.step(it)
-            batch = next(data)
+            batch, fault = self._fetch(data)
+            self._check_step_start(fault, stop)
             with amp:
                 out = self.step_fn(self.model, batch)
             losses = {k: v for k, v in out.items() if k.startswith("loss")}
             total = sum(losses.values())
             assert isinstance(total, Tensor), "step_fn returned no loss terms"
-            if not torch.isfinite(total.detach()):
-                vals = {k: float(v.detach()) for k, v in losses.items()}
-                last = self.state.last_checkpoint
-                saved = (f"the last good checkpoint is {last[0]} (iteration {last[1]})" if last
-                         else "no checkpoint was written before it (train.checkpoint_period="
-                         f"{cfg.train.checkpoint_period})")
-                raise NonFiniteLossError(
-                    f"non-finite loss at iteration {it}: {vals}; stopped without saving; "
-                    f"{saved}. Lower solver.base_lr, add warm-up, or set "
-                    "solver.clip_grad_norm."
-                )
+            self._check_finite(it, losses, total)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if cfg.solver.clip_grad_norm > 0:

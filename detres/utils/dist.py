@@ -1,12 +1,29 @@
-"""torchrun/DDP helpers. Everything works unchanged in a single process (world size 1)."""
+"""torchrun/DDP helpers. Everything works unchanged in a single process (world size 1).
+
+Faults between ranks are this module's business too: collectives get a timeout
+(:func:`init_distributed`), a collective that fails because a peer died or stopped answering
+is a :class:`PeerLostError` (one line, its own exit code), and :func:`flagged_ranks` lets
+every rank learn in one small all-reduce which ranks hit a fault (a bad batch, a non-finite
+loss, a stop signal), so that all of them stop at the same step instead of some waiting
+forever in the next collective.
+"""
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+#: torch's own default for gloo; Detectron2 uses the same. Set by ``train.dist_timeout_s``.
+DEFAULT_TIMEOUT_S = 1800
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed: another rank died (its connection closed) or did not answer
+    within the process group's timeout. The message names this rank and the cause."""
 
 
 def is_dist() -> bool:
@@ -29,21 +46,62 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(device: str) -> bool:
+def restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group (0 at the
+    first launch; ``--max-restarts`` bounds it)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)
+
+
+def init_distributed(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): nccl on GPU, gloo
-    on CPU. Returns whether the run is distributed."""
+    on CPU, every collective bounded by ``timeout_s``. Returns whether the run is
+    distributed."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or is_dist():
         return is_dist()
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def describe_peer_error(e: BaseException) -> str:
+    """A collective's failure in a few words: a timeout or a lost connection, with the
+    backend's first line."""
+    text = " ".join(str(e).split())
+    low = text.lower()
+    if "timed out" in low or "timeout" in low:
+        kind = "a collective timed out (a peer is stuck or gone)"
+    elif "closed" in low or "reset" in low or "broken pipe" in low or "connection" in low:
+        kind = "a peer's connection closed (the process died)"
+    else:
+        kind = "a collective failed"
+    return f"{kind}: {text[:300]}"
 
 
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def flagged_ranks(*flags: bool) -> tuple[list[int], ...]:
+    """For each flag, the ranks that set it: the same lists on every rank, from one
+    all-reduce of ``len(flags) * world_size`` bytes (without a process group: ``[0]`` for a
+    set flag, ``[]`` otherwise)."""
+    if not is_dist():
+        return tuple([0] if f else [] for f in flags)
+    t = torch.zeros(len(flags), get_world_size(), dtype=torch.uint8,
+                    device=_collective_device())
+    t[:, get_rank()] = torch.tensor([int(bool(f)) for f in flags], dtype=torch.uint8)
+    dist.all_reduce(t)
+    t = t.cpu()
+    return tuple([int(r) for r in torch.nonzero(row).flatten()] for row in t)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -118,18 +118,86 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp.{os.getpid()}")
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full or failing disk, a size limit, no
+    permission); the message names the path and the cause. The file that was there before
+    is untouched."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover (a platform without directory descriptors)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover (some file systems refuse fsync on a directory)
+        pass
+    finally:
+        os.close(fd)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The first OSError with an errno in ``e``'s chain (a write's ENOSPC / EIO / EFBIG under
+    torch's own RuntimeError), else the innermost error."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(chain) < 10:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return next((c for c in chain if isinstance(c, OSError) and c.errno), chain[-1])
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temp file in the same directory, then ``os.replace``."""
+    """``torch.save`` to a temp file in the same directory, flushed to the disk, then
+    ``os.replace``: a reader (a resume after a crash) sees the old file or the new one, never
+    half of one. A failed write (disk full, I/O error) removes the temp file, leaves the old
+    file as it was, and raises :class:`CheckpointWriteError` naming the path and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except Exception as e:
+        cause = _root_cause(e)
+        what = (os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno
+                else " ".join(str(cause).split())[:200] or type(cause).__name__)
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {what} "
+                                   f"({type(cause).__name__}); {path.name} as it was before "
+                                   "is untouched") from e
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
     return path
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove ``.NAME.tmp.PID`` files next to ``path`` left by writers that were killed
+    mid-write (their process is gone); returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp.*"):
+        pid = tmp.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover (someone else's process)
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from detres.utils.dist import is_main_process
+from detres.utils.io import atomic_write_text
 
 LOG = logging.getLogger("detres")
 
@@ -74,12 +75,15 @@ class JSONLWriter:
         """On resume: drop records past the checkpoint's iteration, so the log is one run."""
         if not is_main_process() or not self.path.exists():
             return
-        keep = [
-            ln
-            for ln in self.path.read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("iteration", 0) <= iteration
-        ]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        keep = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:  # a line cut short by a killed process
+                continue
+            if rec.get("iteration", 0) <= iteration:
+                keep.append(ln)
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
