@@ -1,10 +1,11 @@
 """Training checkpoints: plain tensors and plain types, written atomically, read safely.
 
 A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "iteration", "rng",
-"rng_per_rank", "world_size", "config", "meta"}`` (``rng``: this process's RNG state;
-``rng_per_rank``: every rank's, so each rank of a resumed DDP run continues its own stream); everything in it is a tensor, a number, a string, or a list/dict of those, so
-reading it (:func:`detres.utils.io.read_checkpoint`, ``weights_only=True``) never unpickles
-arbitrary objects. The model's state goes through :mod:`detres.modeling.weights` (strict).
+"rng_per_rank", "world_size", "config", "meta"}`` (``rng``: rank 0's RNG state;
+``rng_per_rank``: every rank's, so each rank of a resumed DDP run continues its own stream).
+Everything in it is a tensor, a number, a string, or a list/dict of those, so reading it
+(:func:`detres.utils.io.read_checkpoint`, ``weights_only=True``) never unpickles arbitrary
+objects. The model's state goes through :mod:`detres.modeling.weights` (strict).
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -42,6 +41,7 @@ from detres.utils.dist import (
     get_world_size,
     is_dist,
     is_main_process,
+    is_peer_error,
     reduce_mean,
 )
 from detres.utils.errors import InputError, error_line
@@ -262,7 +262,11 @@ class Trainer:
         with StopSignals(parse_signals(self.cfg.train.stop_signals)) as stop:
             try:
                 return self._train(stop)
-            except dist.DistError as e:
+            except BaseException as e:
+                if is_dist():  # this worker ends now, with its own exit code
+                    stop.keep()
+                if isinstance(e, PeerLostError) or not is_peer_error(e):
+                    raise
                 raise PeerLostError(
                     f"rank {get_rank()} (of {get_world_size()}) lost the other ranks after "
                     f"iteration {self.state.iteration}: {describe_peer_error(e)}; "
@@ -275,63 +279,63 @@ class Trainer:
         start = self.state.iteration
         self.model.train()
         amp = autocast_context(self.device, self.amp)
-        bar = tqdm(
+        with tqdm(
             total=max_iter,
             initial=start,
             disable=not is_main_process(),
             desc="train",
             dynamic_ncols=True,
             unit="it",
-        )
-        running: dict[str, Tensor] = {}
-        n_running = 0
-        t_last = time.perf_counter()
-        data = self.data_fn(start)  # after the handlers: DataLoader workers inherit them
-        for it in range(start, max_iter):
-            self.schedule.step(it)
-            batch, fault = self._fetch(data)
-            self._check_step_start(fault, stop)
-            with amp:
-                out = self.step_fn(self.model, batch)
-            losses = {k: v for k, v in out.items() if k.startswith("loss")}
-            total = sum(losses.values())
-            assert isinstance(total, Tensor), "step_fn returned no loss terms"
-            self._check_finite(it, losses, total)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            if cfg.solver.clip_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.solver.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.state.iteration = it + 1
+        ) as bar:  # closed (its line ended) on any exit, so an error prints on its own line
+            running: dict[str, Tensor] = {}
+            n_running = 0
+            t_last = time.perf_counter()
+            data = self.data_fn(start)  # after the handlers: DataLoader workers inherit them
+            for it in range(start, max_iter):
+                self.schedule.step(it)
+                batch, fault = self._fetch(data)
+                self._check_step_start(fault, stop)
+                with amp:
+                    out = self.step_fn(self.model, batch)
+                losses = {k: v for k, v in out.items() if k.startswith("loss")}
+                total = sum(losses.values())
+                assert isinstance(total, Tensor), "step_fn returned no loss terms"
+                self._check_finite(it, losses, total)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                if cfg.solver.clip_grad_norm > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   cfg.solver.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.state.iteration = it + 1
 
-            for k, v in out.items():
-                running[k] = running.get(k, 0.0) + v.detach().float()
-            running["loss"] = running.get("loss", 0.0) + total.detach().float()
-            n_running += 1
-            bar.update(1)
-            last = self.state.iteration == max_iter
-            if self.state.iteration % cfg.train.log_period == 0 or last:
-                avg = {k: float(reduce_mean(v / n_running)) for k, v in running.items()}
-                now = time.perf_counter()
-                rec = {
-                    "iteration": self.state.iteration,
-                    **avg,
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "time_per_iter": (now - t_last) / n_running,
-                }
-                self.writer.write(rec)
-                bar.set_postfix(loss=f"{avg['loss']:.4f}", lr=f"{rec['lr']:.3g}")
-                running, n_running, t_last = {}, 0, now
-            period = cfg.train.eval_period
-            if (period and self.state.iteration % period == 0) or last:
-                self.run_eval()
-                self.model.train()
-            cp = cfg.train.checkpoint_period
-            if (cp and self.state.iteration % cp == 0) or last:
-                self.save(ckpt.LAST)
-        bar.close()
+                for k, v in out.items():
+                    running[k] = running.get(k, 0.0) + v.detach().float()
+                running["loss"] = running.get("loss", 0.0) + total.detach().float()
+                n_running += 1
+                bar.update(1)
+                last = self.state.iteration == max_iter
+                if self.state.iteration % cfg.train.log_period == 0 or last:
+                    avg = {k: float(reduce_mean(v / n_running)) for k, v in running.items()}
+                    now = time.perf_counter()
+                    rec = {
+                        "iteration": self.state.iteration,
+                        **avg,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "time_per_iter": (now - t_last) / n_running,
+                    }
+                    self.writer.write(rec)
+                    bar.set_postfix(loss=f"{avg['loss']:.4f}", lr=f"{rec['lr']:.3g}")
+                    running, n_running, t_last = {}, 0, now
+                period = cfg.train.eval_period
+                if (period and self.state.iteration % period == 0) or last:
+                    self.run_eval()
+                    self.model.train()
+                cp = cfg.train.checkpoint_period
+                if (cp and self.state.iteration % cp == 0) or last:
+                    self.save(ckpt.LAST)
         if self.state.last_metrics is None:
             self.run_eval()
         final = self.save(ckpt.FINAL)

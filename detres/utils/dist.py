@@ -61,7 +61,15 @@ def init_distributed(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(get_local_rank())
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # torchrun's store (env://), under a prefix of its own for each elastic restart: the
+    # agent keeps one store across restarts, so without it a restarted rank can read the
+    # address a dead rank of the previous attempt published there and fail to connect
+    # (seen with gloo: "connectFullMesh failed ... Connection refused").
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"detres/attempt_{restart_count()}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
     return True
 
 
@@ -69,6 +77,18 @@ def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+_BACKEND_MARKS = ("gloo", "nccl", "timed out", "connection closed", "connection reset",
+                  "broken pipe")
+
+
+def is_peer_error(e: BaseException) -> bool:
+    """Whether ``e`` is a collective's failure: c10d's ``DistError``, or the plain
+    ``RuntimeError`` that gloo raises from its transport (a timeout, a closed connection)."""
+    if isinstance(e, dist.DistError):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _BACKEND_MARKS)
 
 
 def describe_peer_error(e: BaseException) -> str:

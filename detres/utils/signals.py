@@ -45,6 +45,15 @@ class StopSignals:
         self.received: str | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
+    def keep(self) -> None:
+        """Ignore these signals from now on, past the ``with`` block: for a worker that is
+        ending with its own exit code, so that a launcher's SIGTERM to the remaining workers
+        (torchrun's, once one worker has exited) does not replace that code. ``SIG_IGN``
+        rather than a Python handler, which the interpreter resets while it shuts down."""
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+        self._previous.clear()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signal.Signals(signum).name
