@@ -1,11 +1,15 @@
-"""The shared training loop: schedule, atomic checkpoints, exact resume, NaN guard."""
+"""The shared training loop: schedule, atomic checkpoints, exact resume, NaN guard, stop
+signals, exit codes (the multi-process faults are in test_faults.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,10 +19,21 @@ from torch.utils.data import DataLoader, Dataset
 from detres.config import load_config
 from detres.data.sampling import InfiniteSampler, SeededDataset
 from detres.engine import checkpoint as ckpt
+from detres.engine.launch import (
+    EXIT_BAD_INPUT,
+    EXIT_CODES,
+    EXIT_DIVERGED,
+    EXIT_PEER_LOST,
+    EXIT_PREEMPTED,
+    run_cli,
+)
 from detres.engine.schedule import LRSchedule, build_optimizer
-from detres.engine.trainer import NonFiniteLossError, Trainer
+from detres.engine.trainer import NonFiniteLossError, Preempted, Trainer
 from detres.modeling.weights import WeightsError, load_model_state
-from detres.utils.io import read_checkpoint
+from detres.utils.dist import PeerLostError
+from detres.utils.errors import InputError
+from detres.utils.io import CheckpointWriteError, read_checkpoint, remove_stale_temp_files
+from detres.utils.signals import parse_signals
 
 
 class NoisyPoints(Dataset):
@@ -165,3 +180,76 @@ def test_checkpoint_is_atomic_and_safe(tmp_path: Path) -> None:
         read_checkpoint(evil)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         read_checkpoint(tmp_path / "nope.pth")
+
+
+def test_stop_signal_checkpoints_at_a_step_boundary_and_resumes_exactly(tmp_path: Path) -> None:
+    """SIGUSR1 (SLURM's --signal warning) during step 3: the step finishes, the loop stops at
+    the next boundary with checkpoint_last.pth, and a resumed run ends as the uninterrupted
+    one. The previous handler is back afterwards."""
+    full = _trainer(tmp_path / "full", 10)
+    full.train()
+
+    def step(m: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        if part.state.iteration == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return _step(m, batch)
+
+    before = signal.getsignal(signal.SIGUSR1)
+    part = _trainer(tmp_path / "part", 10, step=step)
+    with pytest.raises(Preempted, match=r"received SIGUSR1; stopped after iteration 4 of 10"):
+        part.train()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    assert read_checkpoint(tmp_path / "part" / ckpt.LAST)["iteration"] == 4
+    again = _trainer(tmp_path / "part", 10)
+    assert again.resume() and again.state.iteration == 4
+    again.train()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
+
+
+def test_fault_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    """One line each, and a code a scheduler can act on (the README's table)."""
+    def raising(e: BaseException) -> Callable[[], int]:
+        def body() -> int:
+            raise e
+        return body
+
+    cases = [(Preempted("preempted: x"), EXIT_PREEMPTED, "stopped: preempted: x"),
+             (NonFiniteLossError("non-finite loss"), EXIT_DIVERGED, "error: non-finite loss"),
+             (PeerLostError("rank 1 lost"), EXIT_PEER_LOST, "error: rank 1 lost"),
+             (CheckpointWriteError("could not write"), EXIT_BAD_INPUT, "error: could not write"),
+             (InputError("bad key"), EXIT_BAD_INPUT, "error: bad key")]
+    for e, code, line in cases:
+        assert run_cli("t.py", raising(e)) == code
+        assert capsys.readouterr().err == f"t.py: {line}\n"
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 5}
+    with pytest.raises(RuntimeError):  # a bug keeps its traceback
+        run_cli("t.py", raising(RuntimeError("bug")))
+
+
+def test_stop_signal_names_are_checked() -> None:
+    assert parse_signals(["SIGTERM", "usr1"]) == [signal.SIGTERM, signal.SIGUSR1]
+    with pytest.raises(InputError, match="train.stop_signals: 'SIGKILL'"):
+        parse_signals(["SIGKILL"])
+    with pytest.raises(InputError, match="'SIGNOPE'"):
+        parse_signals(["SIGNOPE"])
+
+
+def test_failed_checkpoint_write_keeps_the_old_file(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Linear(3, 2)
+    p = ckpt.save_checkpoint(tmp_path / "c.pth", model=model, iteration=1)
+    import detres.utils.io as io_mod
+
+    def broken(obj: object, f: Any) -> None:
+        f.write(b"half a file")
+        raise RuntimeError("PytorchStreamWriter failed writing file") from OSError(5, "EIO")
+
+    monkeypatch.setattr(io_mod.torch, "save", broken)
+    with pytest.raises(CheckpointWriteError, match=r"c\.pth: Input/output error"):
+        ckpt.save_checkpoint(p, model=model, iteration=2)
+    monkeypatch.undo()
+    assert read_checkpoint(p)["iteration"] == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["c.pth"]
+    (tmp_path / ".c.pth.tmp.999999999").write_bytes(b"left by a killed writer")
+    assert [f.name for f in remove_stale_temp_files(p)] == [".c.pth.tmp.999999999"]
