@@ -24,8 +24,11 @@ OUTPUT_NAMES = ("boxes", "scores", "labels", "batch_index")
 IDENTITY_KEYS = ("arch", "backbone.name", "num_classes", "input.min_size_test",
                  "input.max_size_test", "input.resize_rule", "input.size_divisibility",
                  "input.format", "input.pixel_range", "input.pixel_mean", "input.pixel_std")
-#: parity of an export: boxes within this many pixels, scores within this
-BOX_TOL, SCORE_TOL = 1e-3, 1e-4
+#: parity of an export: boxes within ``BOX_TOL`` pixels plus ``BOX_RTOL`` of the coordinate
+#: (fp32 convolutions accumulate in another order in onnxruntime and differ by ~1e-6 relative
+#: after a ResNet; 1.2e-3 px on a 250 px coordinate was seen on an Intel Xeon, where an AMD
+#: EPYC stayed within 1e-3 px), scores within ``SCORE_TOL``
+BOX_TOL, BOX_RTOL, SCORE_TOL = 1e-3, 1e-5, 1e-4
 
 
 class ExportError(InputError):
@@ -46,12 +49,12 @@ def require(name: str) -> ModuleType:
 
 
 def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], *,
-                       box_tol: float = BOX_TOL, score_tol: float = SCORE_TOL
-                       ) -> dict[str, Any]:
+                       box_tol: float = BOX_TOL, box_rtol: float = BOX_RTOL,
+                       score_tol: float = SCORE_TOL) -> dict[str, Any]:
     """Two flat detection sets ``(boxes, scores, labels, batch_index)``: each reference
     detection is paired with the detection of the same image and label that overlaps it
-    most. ``ok`` when the counts are equal and every pair is within ``box_tol`` pixels and
-    ``score_tol``."""
+    most. ``ok`` when the counts are equal and every pair is within ``box_tol`` pixels plus
+    ``box_rtol`` times the coordinate, and within ``score_tol``."""
     rb, rs, rl, ri = (torch.as_tensor(t).cpu() for t in ref[:4])
     gb, gs, gl, gi = (torch.as_tensor(t).cpu() for t in got[:4])
     out: dict[str, Any] = {"ref": len(rb), "got": len(gb), "max_box_diff": 0.0,
@@ -60,9 +63,11 @@ def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], *,
         ov = box_iou(rb.float(), gb.float())
         ov[(rl[:, None] != gl[None, :]) | (ri[:, None] != gi[None, :])] = -1
         best, j = ov.max(dim=1)
-        box = (rb.float() - gb[j].float()).abs().amax(dim=1)
+        diff = (rb.float() - gb[j].float()).abs()
+        box = diff.amax(dim=1)
+        within = (diff <= box_tol + box_rtol * rb.float().abs()).all(dim=1)
         score = (rs.float() - gs[j].float()).abs()
-        good = (best > 0) & (box <= box_tol) & (score <= score_tol)
+        good = (best > 0) & within & (score <= score_tol)
         out.update(matched=float(good.float().mean()), max_box_diff=float(box.max()),
                    max_score_diff=float(score.max()))
     elif len(rb) != len(gb):
