@@ -237,6 +237,11 @@ class EvaluationCfg:
     # COCO scoring: "auto" (faster-coco-eval when importable, else pycocotools) |
     # "faster_coco_eval" | "pycocotools" (the reference)
     coco_backend: str = "auto"
+    # Precision of scoring and prediction (tools/eval.py, the trainer's evaluations,
+    # tools/predict.py): "none" (fp32, the default: reproduces the published numbers; bf16
+    # autocast moves a trained detector's mAP in the printed digits, see the README) |
+    # "auto" | "bf16" | "fp16" as for train.amp. Training keeps train.amp.
+    amp: str = "none"
 
 
 @dataclass
@@ -354,6 +359,7 @@ _CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "data.cls_aug.kind": ("imagenet", "cifar", "none"),
     "evaluation.coco_backend": ("auto", "faster_coco_eval", "pycocotools"),
+    "evaluation.amp": ("none", "auto", "bf16", "fp16"),
 }
 
 

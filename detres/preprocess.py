@@ -23,7 +23,8 @@ resize for the detectron2 rule).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -72,7 +73,27 @@ def resize_image(image: Tensor, hw: tuple[int, int], rule: str = "torchvision") 
         out = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
         return to_float(out.to(image.device))
     x = to_float(image)
-    return F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False)[0]
+    with _one_cpu_thread(x):
+        return F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False)[0]
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(x: Tensor) -> Iterator[None]:
+    """On the CPU, run the resize on one thread, whatever the process uses: the bilinear
+    kernel's result depends on how its output is split over threads (vectorized FMA body vs
+    scalar tails; ~40% of the pixels of an 800x1066 image differ by 1 ulp between 1 and 2
+    threads). DataLoader workers run one thread, ``predict`` and the benchmark the process's
+    count, so without this the test loader and ``predict`` fed the network different images;
+    bf16 autocast turned that 1e-7 into different detections (0 of 100 alike on R50-FPN)."""
+    n = torch.get_num_threads()
+    if x.device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def resize_for_model(image: Tensor, *, short: int, max_size: int,

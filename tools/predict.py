@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.task != "det":
             raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
         model, amp = build_predictor(cfg, args.weights, resolve_device(cfg.train.device)), \
-            cfg.train.amp
+            cfg.evaluation.amp
     args.out.mkdir(parents=True, exist_ok=True)
     records = []
     stream = predict_files(model, files, batch_size=args.batch_size,

@@ -48,7 +48,7 @@ def evaluate_classifier(model: nn.Module, ds: ClsDataset, cfg: Config,
     model.eval()
     evaluator = EVALUATORS.build("classification", topk=(1, 5))
     loss = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, count
-    with autocast_context(device, cfg.train.amp):
+    with autocast_context(device, cfg.evaluation.amp):
         for x, y in build_cls_test_loader(cfg, ds):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.train.channels_last:

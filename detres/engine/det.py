@@ -103,7 +103,8 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     model = model.to(device).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return _score_on_test_set(model, cfg, device, out_dir, cfg.train.amp, cfg.train.channels_last)
+    return _score_on_test_set(model, cfg, device, out_dir, cfg.evaluation.amp,
+                              cfg.train.channels_last)
 
 
 def _score_on_test_set(model: FasterRCNN | OnnxDetector, cfg: Config, device: torch.device,
@@ -182,7 +183,7 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
 
     def evaluate(m: nn.Module) -> dict[str, Any]:
         metrics = run_detector(unwrap(m), test_loader, test_src, evaluator, device,
-                               cfg.train.amp, cfg.train.channels_last)
+                               cfg.evaluation.amp, cfg.train.channels_last)
         if metrics:
             LOG.info("eval on %s: %s", test_src.name, _summary(metrics))
         return metrics

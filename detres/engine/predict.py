@@ -65,7 +65,7 @@ def predict_files(model: FasterRCNN | OnnxDetector, files: Sequence[Path], *, ba
                   ) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
     """``(file, image (3, H, W) uint8, detections)`` per file, running ``model.predict`` on
     batches of ``batch_size`` images read as they are needed, under ``amp`` autocast (the
-    precision the evaluation uses: ``train.amp``)."""
+    precision the evaluation uses: ``evaluation.amp``, fp32 by default)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()

@@ -279,5 +279,8 @@ def check_export(path: str | os.PathLike[str], model: FasterRCNN,
     """onnxruntime vs PyTorch (``FasterRCNN.detect``, the fast kernels) on ``inputs``."""
     got = OnnxDetector(path).run(*inputs)
     model.eval()
-    ref = model.detect(model.normalize(*inputs), inputs[1])
+    # like with like: the graph is float32, so is the PyTorch side, whatever autocast the
+    # caller runs under (train.amp=auto picks bf16 on a CPU with native bf16)
+    with torch.autocast(model.device.type, enabled=False):
+        ref = model.detect(model.normalize(*inputs), inputs[1])
     return compare_detections(ref, got)
