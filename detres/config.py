@@ -150,8 +150,16 @@ class DatasetCfg:
     name: str = ""  # catalog name, e.g. "coco_2017_val"; or a label for a custom set
     format: str = ""  # "" (catalog) | coco | voc | imagefolder | cifar10 | cifar100 | synthetic
     path: str = ""  # COCO json / VOC year dir / ImageFolder split dir / CIFAR dir
-    images: str = ""  # COCO image dir
+    images: str = ""  # COCO image dir; a VOC folder's images when not found by themselves
     split: str = ""  # VOC image set (trainval, test), CIFAR train/test
+    # A VOC folder without ImageSets/ (as LabelImg, CVAT, Roboflow write it): split "train" /
+    # "val" holds out val_fraction of the images, drawn with split_seed (the same files
+    # always give the same split); "" or "all": every image
+    val_fraction: float = 0.0
+    split_seed: int = 0
+    # VOC class names in label order; [] reads classes.txt, else the names used in the
+    # annotations (sorted), recorded here in OUT/config.yaml by the trainer
+    classes: list[str] = field(default_factory=list)
 
 
 @dataclass

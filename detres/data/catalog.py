@@ -9,6 +9,7 @@ writes an embedded synthetic set on first use.
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -167,5 +168,14 @@ def build_source(ds: DatasetCfg, root: Path, **options: Any) -> Any:
     """The raw data source (records or samples, before transforms) for one data set;
     ``options`` go to the format's builder (detection: ``strict_boxes``)."""
     fmt, path, images, split, label = resolve(ds, root)
-    return DATASET_FORMATS.get(fmt)(path=path, images=images, split=split, name=label,
-                                    **options)
+    if ds.val_fraction:
+        options.update(val_fraction=ds.val_fraction, split_seed=ds.split_seed)
+    if ds.classes:
+        options["class_names"] = list(ds.classes)
+    builder = DATASET_FORMATS.get(fmt)
+    takes = inspect.signature(builder).parameters
+    for key, opt in (("val_fraction", "val_fraction"), ("classes", "class_names")):
+        if opt in options and opt not in takes:
+            raise InputError(f"data set {label!r}: format {fmt!r} takes no {key!r} (a VOC "
+                             "folder's option)")
+    return builder(path=path, images=images, split=split, name=label, **options)

@@ -37,6 +37,7 @@ class DetSource:
     coco: Any = None  # COCO: the pycocotools COCO object for the evaluator
     clipped: int = 0  # boxes clipped to their image when loading
     dropped: int = 0  # boxes dropped when loading (zero area after clipping)
+    classes_inferred: bool = False  # VOC: class names taken from the annotations
 
     @property
     def num_classes(self) -> int:

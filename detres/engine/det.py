@@ -142,9 +142,26 @@ def _check_model_classes(model: FasterRCNN | OnnxDetector, src: DetSource) -> No
             f"{src.name!r} ({src.num_classes}: {src.class_names}) disagree")
 
 
+def _record_inferred_classes(cfg: Config, sources: list[DetSource]) -> list[DetSource]:
+    """VOC sets without a class list took theirs from their annotations: one sorted list for
+    every training set, written into the config's VOC entries (train and test), so that the
+    test set and ``OUT/config.yaml`` (eval.py, predict.py) use the same labels."""
+    names = sorted({n for s in sources for n in s.class_names})
+    for ds in [*cfg.data.train, *cfg.data.test]:
+        if ds.format == "voc" and not ds.classes:
+            ds.classes = list(names)
+    LOG.info("classes from the training annotations (no classes.txt): %s; recorded as "
+             "data.train[*].classes / data.test[*].classes in the run's config.yaml", names)
+    if all(s.class_names == names for s in sources):
+        return sources
+    return build_det_sources(cfg, train=True)
+
+
 def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     cfg, device = run.cfg, run.device
     train_sources = build_det_sources(cfg, train=True)
+    if any(s.classes_inferred for s in train_sources):
+        train_sources = _record_inferred_classes(cfg, train_sources)
     for s in train_sources:
         LOG.info("train set %s", s.summary())
     train_src = concat_sources(train_sources)
