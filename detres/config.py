@@ -148,7 +148,7 @@ class DatasetCfg:
     """A data set: a catalog name, or a custom COCO/VOC/ImageFolder/CIFAR set by path."""
 
     name: str = ""  # catalog name, e.g. "coco_2017_val"; or a label for a custom set
-    format: str = ""  # "" (catalog) | coco | voc | imagefolder | cifar10 | cifar100 | synthetic
+    format: str = ""  # "" (catalog) | coco | voc | yolo | imagefolder | cifar10 | cifar100 | ...
     path: str = ""  # COCO json / VOC year dir / ImageFolder split dir / CIFAR dir
     images: str = ""  # COCO image dir; a VOC folder's images when not found by themselves
     split: str = ""  # VOC image set (trainval, test), CIFAR train/test

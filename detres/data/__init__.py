@@ -1,5 +1,6 @@
-"""Data: readers for COCO JSON, VOC XML, ImageFolder, CIFAR and the embedded synthetic sets;
-albumentations pipelines; batching. Format readers register in ``catalog.DATASET_FORMATS``."""
+"""Data: readers for COCO JSON, VOC XML, YOLO txt, ImageFolder, CIFAR and the embedded
+synthetic sets; albumentations pipelines; batching. Format readers register in
+``catalog.DATASET_FORMATS``."""
 
 import cv2
 
@@ -11,6 +12,7 @@ from detres.data import (  # noqa: F401
     imagefolder,
     synthetic_cls,
     voc,
+    yolo,
 )
 from detres.data.catalog import CATALOG, DATASET_FORMATS, GENERATORS, build_source
 

@@ -112,7 +112,7 @@ CATALOG: dict[str, dict[str, Any]] = {
 }
 
 
-DETECTION_FORMATS = ("coco", "voc")
+DETECTION_FORMATS = ("coco", "voc", "yolo")
 
 
 def format_of(ds: DatasetCfg) -> str:

@@ -227,15 +227,42 @@ def load_coco_json(
             "difficult": torch.zeros(e - s, dtype=torch.bool),
         })
 
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
+    for ann in data["annotations"]:  # CVAT / Label Studio / Roboflow leave these out;
+        ann.setdefault("iscrowd", 0)  # the scorers read both
+        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
+    coco = _coco_index(data)
     logger.info("%s: %d images, %d boxes, %d classes", json_file, len(records), len(boxes),
                 len(cat_ids))
     return DetSource(name=name or str(json_file), format="coco", records=records,
                      class_names=class_names, category_ids=cat_ids, path=json_file, coco=coco,
                      clipped=int(clipped.sum()), dropped=int(degenerate.sum()))
+
+
+def _coco_index(data: dict[str, Any]) -> COCO:
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def coco_from_records(records: list[Record], class_names: list[str], category_ids: list[int]
+                      ) -> COCO:
+    """A COCO ground truth of detection records (for scoring a set of another format with
+    COCO's metrics): boxes as ``[x, y, w, h]``, ``area`` the box area, labels 1..K mapped to
+    ``category_ids``."""
+    images, anns = [], []
+    for r in records:
+        images.append({"id": r["image_id"], "file_name": Path(r["file"]).name,
+                       "height": int(r["height"]), "width": int(r["width"])})
+        for b, c, crowd in zip(r["boxes"].tolist(), r["classes"].tolist(),
+                               r["iscrowd"].tolist(), strict=True):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({"id": len(anns) + 1, "image_id": r["image_id"],
+                         "category_id": category_ids[c - 1], "bbox": [b[0], b[1], w, h],
+                         "area": w * h, "iscrowd": int(crowd)})
+    cats = [{"id": i, "name": n} for i, n in zip(category_ids, class_names, strict=True)]
+    return _coco_index({"images": images, "annotations": anns, "categories": cats})
 
 
 @DATASET_FORMATS.register("coco")

@@ -27,7 +27,7 @@ class DetSource:
     """One detection data set as loaded from disk (before transforms)."""
 
     name: str
-    format: str  # "coco" | "voc"
+    format: str  # "coco" | "voc" | "yolo"
     records: list[Record]
     class_names: list[str]
     category_ids: list[int]  # contiguous k (1..K) -> the data set's id, at index k - 1

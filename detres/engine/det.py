@@ -38,7 +38,7 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None,
                         coco_backend: str = "auto") -> DetectionEvaluator:
     """The official scorer of a data set's format (``EVALUATORS``): pycocotools for COCO,
     the devkit rules for VOC."""
-    if src.format == "coco":
+    if src.format in ("coco", "yolo"):  # a YOLO set carries a COCO ground truth
         results = (out_dir / f"coco_results_{safe_name(src.name)}.json"
                    if out_dir is not None else None)
         return EVALUATORS.build("coco", gt=src.coco, results_file=results, backend=coco_backend)
