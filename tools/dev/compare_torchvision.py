@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -58,7 +59,6 @@ TV_MODEL = "detres_r18_fpn"
 
 def _shim_reference(reference: Path) -> None:
     """Make the reference's files importable on this torchvision (names only)."""
-    sys.path.insert(0, str(reference))
     import torch
 
     if "torch._six" not in sys.modules and not hasattr(torch, "_six"):
@@ -236,9 +236,11 @@ def run_tv(reference: Path, spec_file: Path, data: Path, out: Path, *, epochs: i
            "--dataset", "coco", "--data-path", str(data), "--model", TV_MODEL, "--device", "cpu",
            "-b", str(batch), "--lr", str(lr), "--epochs", str(epochs), "-j", str(workers),
            "--lr-steps", *map(str, steps), "--output-dir", str(out), "--print-freq", "10"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(reference.resolve()), os.environ.get("PYTHONPATH", "")])}  # its flat imports
     t0 = time.perf_counter()
     with log.open("w") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
     return time.perf_counter() - t0
 
 
@@ -265,7 +267,6 @@ def main() -> None:
                    help="also time detres at torchvision's widths for N iterations")
     p.add_argument("overrides", nargs="*", help="detres config overrides (both sides follow)")
     args = p.parse_args()
-    sys.path.insert(0, str(REPO))
     from detres.config import load_config
     from detres.data.det_loader import build_det_sources
     from detres.utils.device import cpu_line
