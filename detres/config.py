@@ -91,6 +91,15 @@ class ROIHeadsCfg:
     score_thresh_test: float = 0.05
     nms_thresh_test: float = 0.5
     detections_per_image: int = 100
+    # The paper's COCO appendix (A), off by default. Box refinement (iterative localization,
+    # test time only): each RoI's regressed box is pooled again for a new score and box, the
+    # union NMSed at refine_nms_thresh, then box voting over boxes with IoU >= voting thresh.
+    box_refinement: bool = False
+    refine_nms_thresh: float = 0.3
+    box_voting_thresh: float = 0.5
+    # Global context (trained): the whole image box pooled and run through the box head, its
+    # feature beside each region's before the predictor (new layers roi_heads.context_predictor).
+    global_context: bool = False
 
 
 @dataclass
@@ -241,6 +250,32 @@ class TrainCfg:
 
 
 @dataclass
+class TTACfg:
+    """Test-time augmentation as Detectron2's ``GeneralizedRCNNWithTTA`` (boxes): each shorter
+    side in ``min_sizes`` (and its horizontal flip), detections merged, NMSed per class."""
+
+    enabled: bool = False
+    min_sizes: list[int] = field(default_factory=lambda: [400, 500, 600, 700, 800, 900, 1000,
+                                                          1100, 1200])  # Detectron2's TEST.AUG
+    max_size: int = 4000
+    flip: bool = True
+
+
+@dataclass
+class MultiScaleCfg:
+    """The paper's multi-scale testing (appendix A, after SPPnet / Fast R-CNN): features on an
+    image pyramid; each RoI pooled at the two adjacent scales around ``target_size`` and the
+    two box-head features merged by maxout. Proposals at ``model.input.min_size_test``, or
+    from every scale (``pyramid_proposals``), merged by NMS."""
+
+    enabled: bool = False
+    scales: list[int] = field(default_factory=lambda: [200, 400, 600, 800, 1000])
+    max_size: int = 2000
+    target_size: int = 224  # the RoI side (sqrt of its area) the scale pair brackets
+    pyramid_proposals: bool = False
+
+
+@dataclass
 class EvaluationCfg:
     # COCO scoring: "auto" (faster-coco-eval when importable, else pycocotools) |
     # "faster_coco_eval" | "pycocotools" (the reference)
@@ -250,6 +285,9 @@ class EvaluationCfg:
     # autocast moves a trained detector's mAP in the printed digits, see the README) |
     # "auto" | "bf16" | "fp16" as for train.amp. Training keeps train.amp.
     amp: str = "none"
+    # Test-time switches of tools/eval.py, tools/predict.py and the trainer's evaluations
+    tta: TTACfg = field(default_factory=TTACfg)
+    multiscale: MultiScaleCfg = field(default_factory=MultiScaleCfg)
 
 
 @dataclass

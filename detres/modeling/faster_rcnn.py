@@ -32,6 +32,7 @@ from detres.modeling.backbones import Backbone, ShapeSpec, build_backbone
 from detres.modeling.backbones.fpn import FPN
 from detres.modeling.box_ops import image_sizes_tensor, nonempty, rois_from_flat, split_by_image
 from detres.modeling.roi_heads import (
+    ContextPredictor,
     FastRCNNPredictor,
     MultiLevelPooler,
     Res5Head,
@@ -385,7 +386,12 @@ def build_roi_heads(m: ModelCfg, pooler: nn.Module, box_head: nn.Module,
                     bbox_reg_weights=rh.bbox_reg_weights, smooth_l1_beta=rh.smooth_l1_beta,
                     score_thresh_test=rh.score_thresh_test, nms_thresh_test=rh.nms_thresh_test,
                     detections_per_image=rh.detections_per_image,
-                    min_test_box_size=None if m.rules == "detectron2" else 1e-2)
+                    min_test_box_size=None if m.rules == "detectron2" else 1e-2,
+                    box_refinement=rh.box_refinement, refine_nms_thresh=rh.refine_nms_thresh,
+                    box_voting_thresh=rh.box_voting_thresh,
+                    context_predictor=ContextPredictor(in_features=head_dim,
+                                                       num_classes=m.num_classes)
+                    if rh.global_context else None)
 
 
 def build_detector(cfg: Config) -> FasterRCNN:

@@ -21,13 +21,13 @@ background deltas, which the weight converter drops).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.ops import roi_pool
+from torchvision.ops import box_iou, roi_pool
 
 from detres.modeling.box_coder import BoxCoder
 from detres.modeling.box_ops import (
@@ -191,8 +191,53 @@ class FastRCNNPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+class ContextPredictor(nn.Module):
+    """The global-context half of the predictor (the paper's appendix A): ``(R, D)`` features of
+    each RoI's whole image -> class logits ``(R, K + 1)`` and deltas ``(R, 4K)`` added to the
+    region's own. The sum is exactly a linear layer on the concatenation ``[region, image]``;
+    kept as its own layers, initialized to zero, so that a checkpoint trained without context
+    loads whole (only these layers are new) and predicts unchanged until they are trained."""
+
+    def __init__(self, *, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        for layer in (self.cls_score, self.bbox_pred):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def image_rois(image_sizes: list[tuple[int, int]] | Tensor, device: torch.device) -> Tensor:
+    """The whole-image RoI of each image, ``(N, 5)`` rows ``(i, 0, 0, w, h)``."""
+    sizes = image_sizes_tensor(image_sizes, device).float()  # (N, 2) h, w
+    n = sizes.shape[0]
+    zeros = torch.zeros(n, 2, device=device)
+    idx = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    return torch.cat([idx, zeros, sizes[:, 1:2], sizes[:, 0:1]], dim=1)
+
+
+def box_voting(kept: Tensor, kept_groups: Tensor, boxes: Tensor, scores: Tensor,
+               groups: Tensor, iou_thresh: float) -> Tensor:
+    """Box voting (Gidaris & Komodakis 2015, the paper's appendix A): each kept box ``(D, 4)``
+    replaced by the score-weighted mean of the candidate ``boxes (M, 4)`` of its group (image
+    and class) that overlap it with IoU >= ``iou_thresh`` (itself among them)."""
+    if len(kept) == 0:
+        return kept
+    out = []
+    for a in range(0, len(kept), 256):  # (256, M) IoUs at a time
+        iou = box_iou(kept[a : a + 256], boxes)
+        w = ((iou >= iou_thresh) & (kept_groups[a : a + 256, None] == groups[None, :]))
+        w = w.to(scores.dtype) * scores[None, :]  # (d, M)
+        out.append((w @ boxes) / w.sum(dim=1, keepdim=True).clamp(min=1e-12))
+    return torch.cat(out)
+
+
 class ROIHeads(nn.Module):
-    """Pooler + box head + predictor, with Fast R-CNN sampling, losses and inference."""
+    """Pooler + box head + predictor, with Fast R-CNN sampling, losses and inference; with
+    the appendix's box refinement and global context when switched on."""
 
     def __init__(
         self,
@@ -212,9 +257,15 @@ class ROIHeads(nn.Module):
         nms_thresh_test: float = 0.5,
         detections_per_image: int = 100,
         min_test_box_size: float | None = 1e-2,
+        box_refinement: bool = False,
+        refine_nms_thresh: float = 0.3,
+        box_voting_thresh: float = 0.5,
+        context_predictor: ContextPredictor | None = None,
     ) -> None:
         super().__init__()
         self.box_pooler, self.box_head, self.box_predictor = pooler, box_head, box_predictor
+        #: global context (None: off): image features' share of the logits and deltas
+        self.context_predictor = context_predictor
         #: torchvision drops detections under 1e-2 px; Detectron2 (None) keeps every one
         self.min_test_box_size = min_test_box_size
         self.num_classes = num_classes
@@ -228,27 +279,62 @@ class ROIHeads(nn.Module):
         self.score_thresh = score_thresh_test
         self.nms_thresh = nms_thresh_test
         self.detections_per_image = detections_per_image
+        self.box_refinement = box_refinement
+        self.refine_nms_thresh, self.box_voting_thresh = refine_nms_thresh, box_voting_thresh
         self.chunk_bytes = 64 * 2**20  # pooled features per chunk at inference
 
-    def predict_logits(self, features: dict[str, Tensor], rois: Tensor) -> tuple[Tensor, Tensor]:
-        """``pred_class_logits (R, K + 1)`` and ``pred_deltas (R, 4K)`` for ``rois (R, 5)``.
+    # ------------------------------------------------------------------ features, logits
 
-        Without autograd the RoIs go through pooling and the box head in chunks of at most
-        ``chunk_bytes`` of pooled features: the C4 head pools 1000 RoIs x 1024 x 14 x 14
-        (800 MB in float32), which would otherwise be written, converted and read back
-        whole. An exported graph runs them in one piece (its runtime plans the memory)."""
+    def box_features(self, features: dict[str, Tensor], rois: Tensor,
+                     image_sizes: list[tuple[int, int]] | Tensor | None = None) -> Tensor:
+        """What the predictor reads for ``rois (R, 5)``: the box head's ``(R, D)``, and with
+        global context ``(R, 2D)``, each region's feature beside its image's (the image box
+        pooled and run through the same head). Training runs both through the head in one
+        batch (one set of batch-norm statistics); inference chunks the regions (see
+        :meth:`predict_logits`)."""
+        if self.context_predictor is None:
+            return self._head(features, rois)
+        if image_sizes is None:
+            raise ValueError("global context needs the image sizes")
+        whole = image_rois(image_sizes, rois.device)
+        if torch.is_grad_enabled():
+            x = self._head(features, torch.cat([rois.float(), whole]))
+            x, g = x[: len(rois)], x[len(rois):]
+        else:
+            g = self._head(features, whole)
+            x = self._head(features, rois)
+        return torch.cat([x, g[image_index_of(rois)].to(x.dtype)], dim=1)
+
+    def _head(self, features: dict[str, Tensor], rois: Tensor) -> Tensor:
+        """Pool ``rois`` and run the box head: ``(R, D)``; chunked without autograd (the C4
+        head pools 1000 RoIs x 1024 x 14 x 14, 800 MB in float32, which would otherwise be
+        written, converted and read back whole). An exported graph runs in one piece (its
+        runtime plans the memory)."""
         if torch.is_grad_enabled() or torch.compiler.is_exporting():
-            x = self.box_pooler(features, rois)  # (R, C, S, S)
-            return self.box_predictor(self.box_head(x))
+            return self.box_head(self.box_pooler(features, rois))
         feat = next(iter(features.values()))
         size = self.box_pooler.output_size
         per_roi = feat.shape[1] * size * size * feat.element_size()
         chunk = max(1, self.chunk_bytes // per_roi)
-        outs = []
-        for a in range(0, max(len(rois), 1), chunk):
-            x = self.box_pooler(features, rois[a : a + chunk])  # (r, C, S, S)
-            outs.append(self.box_predictor(self.box_head(x)))
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        outs = [self.box_head(self.box_pooler(features, rois[a : a + chunk]))
+                for a in range(0, max(len(rois), 1), chunk)]
+        return torch.cat(outs)
+
+    def predict_from_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`box_features` -> ``pred_class_logits (R, K + 1)``, ``pred_deltas (R, 4K)``."""
+        if self.context_predictor is None:
+            return self.box_predictor(x)
+        d = x.shape[1] // 2
+        logits, deltas = self.box_predictor(x[:, :d])
+        c_logits, c_deltas = self.context_predictor(x[:, d:])
+        return logits + c_logits, deltas + c_deltas
+
+    def predict_logits(self, features: dict[str, Tensor], rois: Tensor,
+                       image_sizes: list[tuple[int, int]] | Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        """``pred_class_logits (R, K + 1)`` and ``pred_deltas (R, 4K)`` for ``rois (R, 5)``
+        (``image_sizes``: needed by global context)."""
+        return self.predict_from_features(self.box_features(features, rois, image_sizes))
 
     @torch.no_grad()
     def sample_proposals(
@@ -297,7 +383,7 @@ class ROIHeads(nn.Module):
         """Cross-entropy over sampled RoIs; class-specific box regression over foreground RoIs,
         divided by the number of sampled RoIs."""
         rois, labels, matched_gt = self.sample_proposals(proposals, gt_boxes, gt_classes)
-        logits, deltas = self.predict_logits(features, _rois(rois))
+        logits, deltas = self.predict_logits(features, _rois(rois), image_sizes)
         logits, deltas = logits.float(), deltas.float()
         loss_cls = F.cross_entropy(logits, labels, reduction="sum") / max(labels.numel(), 1)
         fg = (labels > 0).nonzero(as_tuple=True)[0]
@@ -334,28 +420,59 @@ class ROIHeads(nn.Module):
         rois: Tensor,
         image_sizes: list[tuple[int, int]] | Tensor,
         num_images: int,
+        logits_fn: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """:meth:`inference` on ``rois (R, 5)``, flat: ``boxes (D, 4)``, ``scores (D,)``,
         ``labels (D,)`` in 1..K and the ``(D,)`` image index, grouped by image and sorted by
-        score within each."""
+        score within each. ``logits_fn`` (RoIs -> logits, deltas; default
+        :meth:`predict_logits` on ``features``) is how multi-scale testing pools instead.
+
+        With box refinement each RoI's box regressed for its best class is scored and
+        regressed again; the union of both predictions is NMSed at ``refine_nms_thresh`` and
+        each kept box replaced by its vote (:func:`box_voting`)."""
+        fn = logits_fn or (lambda r: self.predict_logits(features, r, image_sizes))
+        scores, boxes = self.decode(*fn(rois), rois, image_sizes)  # (R, K), (R, K, 4)
+        img = image_index_of(rois)
+        if not self.box_refinement:
+            return self.select(boxes, scores, img, num_images, self.nms_thresh)
+        best = scores.argmax(dim=1)
+        rois2 = rois_from_flat(boxes[torch.arange(len(rois), device=rois.device), best], img)
+        scores2, boxes2 = self.decode(*fn(rois2), rois2, image_sizes)
+        return self.select(torch.cat([boxes, boxes2]), torch.cat([scores, scores2]),
+                           torch.cat([img, img]), num_images, self.refine_nms_thresh,
+                           voting_thresh=self.box_voting_thresh)
+
+    def decode(self, logits: Tensor, deltas: Tensor, rois: Tensor,
+               image_sizes: list[tuple[int, int]] | Tensor) -> tuple[Tensor, Tensor]:
+        """Foreground ``scores (R, K)`` (softmax) and class boxes ``(R, K, 4)`` decoded on the
+        RoIs and clipped to their images."""
         k = self.num_classes
-        logits, deltas = self.predict_logits(features, rois)
         r = logits.shape[0]
         if torch.compiler.is_exporting():  # a bound for the RoI count, which is data-dependent
             torch._check(r <= 2**40)  # (else R * K overflows int64 in the graph's shape checks)
         scores = F.softmax(logits.float(), dim=-1)[:, 1:]  # (R, K + 1) -> (R, K) foreground
-        boxes_in = rois[:, 1:].float()
         deltas = deltas.float().view(r, k, 4)  # (R, 4K) -> (R, K, 4)
-        boxes = self.box_coder.decode(deltas, boxes_in[:, None, :])  # (R, K, 4)
-        img = image_index_of(rois)
+        boxes = self.box_coder.decode(deltas, rois[:, None, 1:].float())  # (R, K, 4)
         sizes = image_sizes_tensor(image_sizes, logits.device)
-        boxes = clip_boxes(boxes, sizes[img][:, None, :])
-        labels = torch.arange(1, k + 1, device=logits.device).expand(r, k)
+        return scores, clip_boxes(boxes, sizes[image_index_of(rois)][:, None, :])
+
+    def select(self, boxes: Tensor, scores: Tensor, img: Tensor, num_images: int,
+               nms_thresh: float, voting_thresh: float | None = None
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Score threshold, per-class NMS and the top detections of each image on ``boxes
+        (R, K, 4)``, ``scores (R, K)`` of RoIs in images ``img (R,)``; flat outputs as
+        :meth:`detect`'s. With ``voting_thresh`` each kept box is its vote."""
+        r, k = scores.shape
+        labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
         img = img[:, None].expand(r, k)
         keep = scores > self.score_thresh  # (R, K)
         if self.min_test_box_size is not None:
             keep &= nonempty(boxes, self.min_test_box_size)
         boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]  # flat
-        kept = batched_nms(boxes, scores, img * (k + 1) + labels, self.nms_thresh)
+        groups = img * (k + 1) + labels
+        kept = batched_nms(boxes, scores, groups, nms_thresh)
         kept = keep_topk_per_image(kept, img, self.detections_per_image, num_images)
-        return boxes[kept], scores[kept], labels[kept], img[kept]
+        out = boxes[kept]
+        if voting_thresh is not None:
+            out = box_voting(out, groups[kept], boxes, scores, groups, voting_thresh)
+        return out, scores[kept], labels[kept], img[kept]

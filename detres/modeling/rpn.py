@@ -147,10 +147,12 @@ class RPN(nn.Module):
 
     @torch.no_grad()
     def select_proposals(
-        self, out: RPNOutput, image_sizes: list[tuple[int, int]] | Tensor, *, training: bool
-    ) -> tuple[Tensor, Tensor]:
+        self, out: RPNOutput, image_sizes: list[tuple[int, int]] | Tensor, *, training: bool,
+        with_scores: bool = False,
+    ) -> tuple[Tensor, ...]:
         """:meth:`proposals` as flat ``(P, 4)`` boxes and their ``(P,)`` image indices,
-        grouped by image (the form an exported graph carries: no per-image lists)."""
+        grouped by image (the form an exported graph carries: no per-image lists); with
+        ``with_scores`` their ranking scores ``(P,)`` as well."""
         pre_k, post_k = self.topk[training]
         n = out.objectness_logits[0].shape[0]
         device = out.objectness_logits[0].device
@@ -177,6 +179,8 @@ class RPN(nn.Module):
         group = image_index * len(out.anchors) + torch.cat(levels, dim=1)[keep_mask]
         keep = batched_nms(flat_boxes, flat_scores, group, self.nms_thresh)
         keep = keep_topk_per_image(keep, image_index, post_k, n)
+        if with_scores:
+            return flat_boxes[keep], image_index[keep], flat_scores[keep]
         return flat_boxes[keep], image_index[keep]
 
     def losses(self, out: RPNOutput, gt_boxes: list[Tensor]) -> dict[str, Tensor]:

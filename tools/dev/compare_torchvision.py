@@ -79,7 +79,7 @@ def _shim_reference(reference: Path) -> None:
     if not hasattr(T, "ConvertImageDtype"):
         T.ConvertImageDtype = lambda dtype: T.ToDtype(dtype, scale=True)
     if not hasattr(T, "ToTensor"):
-        T.ToTensor = lambda: T.Compose([T.PILToTensor(), T.ToDtype(torch.float, scale=True)])
+        T.ToTensor = lambda: T.Compose([T.PILToTensor(), T.ConvertImageDtype(torch.float)])
 
 
 def build_tv_model(spec: dict, num_classes: int):

@@ -17,6 +17,11 @@ layer by layer; class scores and RPN logits spread), rounds every tensor to floa
 to Caffe2 names with an ``fc1000``, are the MSRA-format files, loaded by Detectron2's Caffe2
 name conversion, whose res2..res5 features are recorded. Last, Detectron2's
 ``ResizeShortestEdge`` on an image that does need a resize.
+
+``--only tta`` leaves every other golden as it is: it loads the committed ``.pkl`` files into
+the model-zoo configs and records ``GeneralizedRCNNWithTTA``'s detections (``TTA_MIN_SIZES``,
+``TTA_MAX_SIZE``, horizontal flip; a batch of two, so each batch is one scale and its flip,
+as detres batches them) under ``golden["tta"]``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ MODELS = {
 }
 DET_IMAGE_HW = (160, 224)  # min_size_test 160: no resize
 FEATURE_IMAGE_HW = (96, 128)
+TTA_MIN_SIZES = (128, 160, 208)  # 160x224 -> 128x179, 160x224, 208x291
+TTA_MAX_SIZE = 400
 
 
 def image(hw: tuple[int, int], seed: int) -> np.ndarray:
@@ -146,11 +153,46 @@ def to_caffe2(d2_state: dict[str, torch.Tensor], fc: np.ndarray) -> dict[str, np
     return out
 
 
+def tta_goldens(d2: Path) -> dict[str, object]:
+    """``GeneralizedRCNNWithTTA`` on the committed model-zoo files and ``det_image.png``."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import GeneralizedRCNNWithTTA, build_model
+
+    img = cv2.imread(str(OUT / "det_image.png"))  # BGR, as Detectron2 reads it
+    out: dict[str, object] = {"min_sizes": list(TTA_MIN_SIZES), "max_size": TTA_MAX_SIZE,
+                              "flip": True}
+    for name in MODELS:
+        cfg = d2_cfg(d2, name)
+        cfg.TEST.AUG.ENABLED = True
+        cfg.TEST.AUG.MIN_SIZES = TTA_MIN_SIZES
+        cfg.TEST.AUG.MAX_SIZE = TTA_MAX_SIZE
+        cfg.TEST.AUG.FLIP = True
+        model = build_model(cfg).eval()
+        DetectionCheckpointer(model).load(str(OUT / f"{name}.pkl"))
+        tta = GeneralizedRCNNWithTTA(cfg, model, batch_size=2)
+        # uint8, as Detectron2's DatasetMapper gives it (ResizeTransform: PIL on uint8)
+        x = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        with torch.no_grad():
+            inst = tta([{"image": x, "height": img.shape[0], "width": img.shape[1]}])[0]
+        inst = inst["instances"]
+        out[name] = {"boxes": inst.pred_boxes.tensor.tolist(), "scores": inst.scores.tolist(),
+                     "classes": inst.pred_classes.tolist()}
+        print(f"{name} TTA: {len(inst)} detections")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--d2", type=Path, required=True,
                    help="the Detectron2 source tree (for its configs; import it via PYTHONPATH)")
+    p.add_argument("--only", choices=["tta"], help="regenerate only these goldens")
     a = p.parse_args()
+    if a.only == "tta":
+        golden = json.loads((OUT / "golden.json").read_text())
+        golden["tta"] = tta_goldens(a.d2)
+        (OUT / "golden.json").write_text(json.dumps(golden, indent=1))
+        print(f"wrote {OUT / 'golden.json'}")
+        return 0
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import transforms as T
     from detectron2.engine import DefaultPredictor
@@ -208,6 +250,7 @@ def main() -> int:
     cv2.imwrite(str(OUT / "resize_output.png"), resized)
     golden["resize"] = {"short": 160, "max_size": 256, "out_hw": list(resized.shape[:2])}
     np.savez_compressed(OUT / "msra_features.npz", **features)
+    golden["tta"] = tta_goldens(a.d2)
     (OUT / "golden.json").write_text(json.dumps(golden, indent=1))
     print(f"wrote {OUT}")
     return 0

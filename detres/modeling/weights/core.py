@@ -23,7 +23,8 @@ the box heads still load.
   and shapes); the evaluation, prediction and ``--resume`` path.
 * ``"trunk"``: the trunk must fit exactly; the parts a new task re-initializes may be missing
   or of another shape: a classifier's head (``fc`` for another class count, or none), a
-  detector's box predictor (a COCO detector fine-tuned to 6 classes), and everything a
+  detector's box predictor (a COCO detector fine-tuned to 6 classes), global context's new
+  layers (``roi_heads.context_predictor``, a detector trained without it), and everything a
   classification trunk does not have (FPN, RPN, box predictor). One log line says what was
   re-initialized and why.
 * ``"partial"``: whatever fits by name and shape is loaded, the rest listed in a warning.
@@ -181,7 +182,8 @@ def _free(model: nn.Module, key: str, trunk_only: bool) -> bool:
     if isinstance(model, FasterRCNN):
         if trunk_only:  # everything that is not the classification trunk
             return key not in model.trunk_keys.values()
-        return key.startswith("roi_heads.box_predictor.")
+        # the box predictor (another class count) and global context's new layers
+        return key.startswith(("roi_heads.box_predictor.", "roi_heads.context_predictor."))
     return key.startswith(_head_name(model) + ".")
 
 
@@ -296,6 +298,8 @@ def _describe(report: LoadReport, model: nn.Module, state: dict[str, Tensor],
         n_model = f"{target[k].shape[0]} in the model" if k in target else "the model has none"
         why = f"{state[k].shape[0]} classes in the file, {n_model}" if k in state else (
             "not in the file")
+    if report.reinitialized == ["roi_heads.context_predictor"] and not trunk_only:
+        why = "global context: new layers, zero-initialized, not in the file"
     if report.reinitialized:
         line += f"; re-initialized {', '.join(report.reinitialized)} ({why})"
     if report.unused:
