@@ -52,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.cfg, args.overrides)
     if cfg.task != "det":
         raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
+    e = cfg.evaluation
+    if e.tta.enabled or e.multiscale.enabled:
+        key = "evaluation.tta.enabled" if e.tta.enabled else "evaluation.multiscale.enabled"
+        raise InputError(f"{key}: test-time augmentation and multi-scale testing run several "
+                         "passes of the PyTorch detector and do not export; export with "
+                         f"{key}=false")
     model = build_detector(cfg)
     load_weights(model, args.weights, policy="strict")  # a checkpoint of another model: error
     t0 = time.perf_counter()

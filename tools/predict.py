@@ -25,6 +25,7 @@ from tqdm import tqdm
 from detres.config import load_config
 from detres.engine.launch import add_debug_flag, run_cli
 from detres.engine.predict import (
+    Detector,
     build_predictor,
     detection_record,
     draw_detections,
@@ -34,7 +35,6 @@ from detres.engine.predict import (
     write_image,
 )
 from detres.export import OnnxDetector
-from detres.modeling import FasterRCNN
 from detres.utils.device import resolve_device
 from detres.utils.errors import InputError
 from detres.utils.logging import setup_logging
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"several inputs would be written as {dup}; rename or run separately")
     setup_logging()
     if args.onnx is not None:
-        model: FasterRCNN | OnnxDetector = OnnxDetector(args.onnx)
+        model: Detector = OnnxDetector(args.onnx)
         amp = "none"  # onnxruntime runs the graph in float32
         print(model.describe())
     else:

@@ -28,6 +28,7 @@ from detres.engine.trainer import Trainer
 from detres.evaluation import EVALUATORS, DetectionEvaluator, write_metrics
 from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_pretrained
+from detres.modeling.test_time import TestTimeDetector
 from detres.utils.device import autocast_context
 from detres.utils.dist import get_world_size, is_main_process
 from detres.utils.errors import InputError
@@ -56,8 +57,41 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None,
     raise InputError(f"data set {src.name!r}: no evaluator for format {src.format!r}")
 
 
+Scorable = FasterRCNN | OnnxDetector | TestTimeDetector
+
+
+def with_test_time(model: FasterRCNN, cfg: Config) -> FasterRCNN | TestTimeDetector:
+    """``model`` with the config's test-time switch (``evaluation.tta`` or
+    ``evaluation.multiscale``) when one is on, else ``model``."""
+    e = cfg.evaluation
+    if e.tta.enabled or e.multiscale.enabled:
+        tt = TestTimeDetector(model, tta=e.tta, multiscale=e.multiscale)
+        LOG.info("%s", tt.describe())
+        return tt
+    return model
+
+
+def build_scoring_loader(cfg: Config, model: Scorable, src: DetSource) -> DataLoader:
+    """The test loader for ``model``: at the test scale, or the images as they are (no
+    resize) for a :class:`TestTimeDetector`, which resizes them itself."""
+    if isinstance(model, TestTimeDetector):
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, input=dataclasses.replace(cfg.model.input, min_size_test=0)))
+    return build_det_test_loader(cfg, 0, sources=[src])
+
+
+def _raw_images(images: Tensor, targets: list[dict[str, Any]]) -> list[Tensor]:
+    """The unresized images of a raw-scale loader batch as uint8 (the loader's float is the
+    uint8 value / 255, so this is exact): resizing uint8 is what Detectron2's rule does."""
+    out = []
+    for img, t in zip(images, targets, strict=True):
+        h, w = (int(v) for v in t["image_size"])
+        out.append(img[:, :h, :w].mul(255).round_().to(torch.uint8))
+    return out
+
+
 @torch.inference_mode()
-def run_detector(model: FasterRCNN | OnnxDetector, loader: DataLoader, src: DetSource,
+def run_detector(model: Scorable, loader: DataLoader, src: DetSource,
                  evaluator: DetectionEvaluator, device: torch.device, amp: str = "auto",
                  channels_last: bool = False) -> dict[str, Any]:
     """Predictions for this rank's shard of the test set, scored on rank 0."""
@@ -68,13 +102,17 @@ def run_detector(model: FasterRCNN | OnnxDetector, loader: DataLoader, src: DetS
         for images, targets in tqdm(loader, desc="eval", disable=not is_main_process(),
                                     dynamic_ncols=True, leave=False):
             images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            dets = model.inference(images, [t["image_size"] for t in targets])
+            if isinstance(model, TestTimeDetector):  # original pixels already
+                dets = model.detect_original(_raw_images(images, targets))
+            else:
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                dets = model.inference(images, [t["image_size"] for t in targets])
             preds = []
             for d, t in zip(dets, targets, strict=True):
-                d = model.to_original({k: v.cpu() for k, v in d.items()},
-                                      tuple(t["image_size"]), tuple(t["orig_size"]))
+                d = {k: v.cpu() for k, v in d.items()}
+                if not isinstance(model, TestTimeDetector):
+                    d = model.to_original(d, tuple(t["image_size"]), tuple(t["orig_size"]))
                 preds.append({"image_id": t["image_id"], "boxes": d["boxes"],
                               "scores": d["scores"].float(),
                               "labels": src.to_category_ids(d["labels"])})
@@ -103,16 +141,16 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     model = model.to(device).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return _score_on_test_set(model, cfg, device, out_dir, cfg.evaluation.amp,
-                              cfg.train.channels_last)
+    return _score_on_test_set(with_test_time(model, cfg), cfg, device, out_dir,
+                              cfg.evaluation.amp, cfg.train.channels_last)
 
 
-def _score_on_test_set(model: FasterRCNN | OnnxDetector, cfg: Config, device: torch.device,
+def _score_on_test_set(model: Scorable, cfg: Config, device: torch.device,
                        out_dir: Path | None, amp: str, channels_last: bool) -> dict[str, Any]:
     src = build_det_sources(cfg, train=False)[0]
     LOG.info("test set %s", src.summary())
     _check_model_classes(model, src)
-    loader = build_det_test_loader(cfg, 0, sources=[src])
+    loader = build_scoring_loader(cfg, model, src)
     evaluator = build_det_evaluator(src, out_dir=out_dir,
                                     coco_backend=cfg.evaluation.coco_backend)
     return run_detector(model, loader, src, evaluator, device, amp, channels_last)
@@ -132,7 +170,7 @@ def evaluate_onnx(cfg: Config, path: str | Path, *, out_dir: Path | None = None
     return _score_on_test_set(model, cfg, torch.device("cpu"), out_dir, "none", False)
 
 
-def _check_model_classes(model: FasterRCNN | OnnxDetector, src: DetSource) -> None:
+def _check_model_classes(model: Scorable, src: DetSource) -> None:
     """The model and the data set it is scored on must share one class list."""
     placeholder = [f"class_{i}" for i in range(1, model.num_classes + 1)]  # names never set
     names = None if model.class_names == placeholder else model.class_names
@@ -181,7 +219,8 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     test_src = build_det_sources(cfg, train=False)[0]
     LOG.info("test set %s", test_src.summary())
     _check_model_classes(model, test_src)
-    test_loader = build_det_test_loader(cfg, 0, sources=[test_src])
+    scored = with_test_time(model, cfg)  # evaluations with the config's test-time switch
+    test_loader = build_scoring_loader(cfg, scored, test_src)
     evaluator = build_det_evaluator(test_src, out_dir=run.out_dir,
                                     coco_backend=cfg.evaluation.coco_backend)
     per_rank = cfg.solver.batch_size // get_world_size()
@@ -199,7 +238,10 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
         return m(images, targets)
 
     def evaluate(m: nn.Module) -> dict[str, Any]:
-        metrics = run_detector(unwrap(m), test_loader, test_src, evaluator, device,
+        net = unwrap(m)
+        metrics = run_detector(TestTimeDetector(net, tta=scored.tta, multiscale=scored.multiscale)
+                               if isinstance(scored, TestTimeDetector) else net,
+                               test_loader, test_src, evaluator, device,
                                cfg.evaluation.amp, cfg.train.channels_last)
         if metrics:
             LOG.info("eval on %s: %s", test_src.name, _summary(metrics))

@@ -23,7 +23,11 @@ from detres.data.det_transforms import image_tensor
 from detres.data.image_io import load_image
 from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_weights
+from detres.modeling.test_time import TestTimeDetector
 from detres.utils.device import autocast_context
+
+#: what runs on image files: a detector, an exported one, or one with a test-time switch
+Detector = FasterRCNN | OnnxDetector | TestTimeDetector
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -60,7 +64,7 @@ def keep_scores(det: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor
     return {k: v[keep].cpu() for k, v in det.items()}
 
 
-def predict_files(model: FasterRCNN | OnnxDetector, files: Sequence[Path], *, batch_size: int = 4,
+def predict_files(model: Detector, files: Sequence[Path], *, batch_size: int = 4,
                   score_thresh: float = 0.0, amp: str = "auto"
                   ) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
     """``(file, image (3, H, W) uint8, detections)`` per file, running ``model.predict`` on
@@ -79,7 +83,7 @@ def predict_files(model: FasterRCNN | OnnxDetector, files: Sequence[Path], *, ba
             yield f, img, keep_scores(det, score_thresh)
 
 
-def class_names_by_id(model: FasterRCNN | OnnxDetector) -> dict[int, str]:
+def class_names_by_id(model: Detector) -> dict[int, str]:
     return dict(zip(model.category_ids, model.class_names, strict=True))
 
 
@@ -100,7 +104,7 @@ def label_style(h: int, w: int) -> tuple[float, int, int]:
     return scale, max(1, round(scale * 1.6)), max(1, round(side / 250))
 
 
-def draw_detections(image: Tensor, det: dict[str, Tensor], model: FasterRCNN | OnnxDetector,
+def draw_detections(image: Tensor, det: dict[str, Tensor], model: Detector,
                     width: int | None = None) -> Tensor:
     """``image`` (float in [0, 1] or uint8, ``(3, H, W)``) with its boxes drawn in their class
     colours, each labelled ``"name score"`` in a filled label box on the box's top edge (as
@@ -147,7 +151,7 @@ def write_image(path: str | Path, image: Tensor) -> Path:
 
 
 def detection_record(file: str | Path, image: Tensor, det: dict[str, Tensor],
-                     model: FasterRCNN | OnnxDetector) -> dict[str, Any]:
+                     model: Detector) -> dict[str, Any]:
     """One image's entry of ``predictions.json``."""
     names = class_names_by_id(model)
     labels = [int(c) for c in det["labels"]]
@@ -167,12 +171,16 @@ def output_name(file: Path) -> str:
     return file.name if file.suffix.lower() in (".jpg", ".jpeg", ".png") else f"{file.stem}.png"
 
 
-def build_predictor(cfg: Config, weights: str | Path, device: torch.device) -> FasterRCNN:
+def build_predictor(cfg: Config, weights: str | Path, device: torch.device
+                    ) -> FasterRCNN | TestTimeDetector:
     """The detector of ``cfg`` with all its weights (strictly) and class names from
-    ``weights``."""
+    ``weights``; wrapped for TTA or multi-scale testing when ``evaluation`` switches one on."""
     model = build_detector(cfg)
     load_weights(model, weights, policy="strict")
     model = model.to(device).eval()
     if cfg.train.channels_last:  # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
         model = model.to(memory_format=torch.channels_last)
+    e = cfg.evaluation
+    if e.tta.enabled or e.multiscale.enabled:
+        return TestTimeDetector(model, tta=e.tta, multiscale=e.multiscale)
     return model

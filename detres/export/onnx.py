@@ -240,6 +240,10 @@ def export_onnx(model: FasterRCNN, path: str | os.PathLike[str], *, opset: int =
                           "onnxruntime implements no RoiAlign of opset 22 or later)")
     if batch < 1:
         raise ExportError(f"--batch must be >= 1, got {batch}")
+    if model.roi_heads.box_refinement:
+        raise ExportError("model.roi_heads.box_refinement does not export (a second box-head "
+                          "pass and box voting on data-dependent counts); export with "
+                          "model.roi_heads.box_refinement=false")
     require("onnx")
     translation = _translations()
     # a copy on the CPU, float32, contiguous: the caller's model is left as it is

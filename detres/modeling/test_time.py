@@ -56,6 +56,8 @@ class TestTimeDetector(RawImagePredictor):
     """A :class:`FasterRCNN` with TTA or multi-scale testing: ``predict`` on raw images (the
     :class:`RawImagePredictor` interface) and ``detect_original`` (labels 1..K)."""
 
+    __test__ = False  # not a pytest class
+
     def __init__(self, model: FasterRCNN, *, tta: TTACfg | None = None,
                  multiscale: MultiScaleCfg | None = None) -> None:
         tta = tta if tta is not None and tta.enabled else None
