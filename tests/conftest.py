@@ -236,6 +236,69 @@ def imagefolder_writer() -> Callable[..., Path]:
     return write_imagefolder
 
 
+class D2Goldens:
+    """tests/goldens/detectron2 (tools/dev/d2_goldens.py): Detectron2's reduced-width R101-C4
+    and R50-FPN model-zoo files with their recorded outputs."""
+
+    gold = REPO / "tests" / "goldens" / "detectron2"
+    configs = {"r101_c4": "coco_r101_c4_3x", "r50_fpn": "coco_r50_fpn_3x"}
+
+    def __init__(self) -> None:
+        self.golden = json.loads((self.gold / "golden.json").read_text())
+        self.small = [f"model.backbone.width_per_group={self.golden['width']}",
+                      "model.input.min_size_test=160", "model.input.max_size_test=256",
+                      "model.fpn.out_channels=16", "model.roi_heads.fc_dim=32"]
+
+    def image(self) -> torch.Tensor:
+        """``det_image.png`` as an RGB uint8 ``(3, 160, 224)`` tensor."""
+        from detres.data.det_transforms import image_tensor
+        from detres.data.image_io import load_image
+
+        return image_tensor(load_image(self.gold / "det_image.png"))
+
+    def detector(self, name: str, out: Path, *extra: str) -> tuple[FasterRCNN, object]:
+        """The zoo file converted (written to ``out/<name>.pth``) and loaded strictly into the
+        config with ``extra`` overrides, in eval mode; and that config."""
+        from detres.modeling import load_weights
+        from detres.modeling.weights.zoo import detectron2_checkpoint
+
+        cfg = load_config(self.configs[name], [*self.small, *extra])
+        path = out / f"{name}.pth"
+        torch.save(detectron2_checkpoint(self.gold / f"{name}.pkl", cfg), path)
+        model = build_detector(cfg)
+        load_weights(model, path, policy="strict")
+        return model.eval(), cfg
+
+    def reference(self, entry: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A golden's boxes, scores and COCO category ids."""
+        from detres.modeling.weights.torchvision import coco_layout
+
+        ids = torch.tensor(coco_layout()[0])
+        return (torch.tensor(entry["boxes"]), torch.tensor(entry["scores"]),
+                ids[torch.tensor(entry["classes"])])
+
+    @staticmethod
+    def matched(ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                det: dict[str, torch.Tensor]) -> float:
+        """The fraction of the reference detections found: same class, IoU >= 0.99, score
+        within 1e-3."""
+        from torchvision.ops import box_iou
+
+        boxes, scores, cls = ref
+        if len(boxes) == 0:
+            return 1.0
+        iou = box_iou(boxes, det["boxes"].float())
+        same = (cls[:, None] == det["labels"][None, :]) & (iou >= 0.99)
+        close = (scores[:, None] - det["scores"][None, :].float()).abs() <= 1e-3
+        return float((same & close).any(dim=1).float().mean())
+
+
+@pytest.fixture(scope="session")
+def d2() -> D2Goldens:
+    """:class:`D2Goldens`: Detectron2's goldens and the converted detectors."""
+    return D2Goldens()
+
+
 @pytest.fixture(scope="session")
 def tiny_detector() -> Callable[..., FasterRCNN]:
     """:func:`build_tiny_detector`: ``tiny_detector("c4" | "vgg" | "fpn", *overrides)``."""

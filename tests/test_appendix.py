@@ -8,39 +8,24 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
-from test_detectron2_parity import CONFIGS, GOLD, GOLDEN, SMALL, _matched
 from torchvision.ops import box_iou
 
 from detres.config import ConfigError, load_config
-from detres.data.det_transforms import image_tensor
-from detres.data.image_io import load_image
 from detres.modeling import FasterRCNN, build_detector, load_weights
 from detres.modeling.box_ops import rois_from_flat
 from detres.modeling.roi_heads import ROIHeads, box_voting
 from detres.modeling.test_time import TestTimeDetector, scale_pairs
 from detres.modeling.weights import WeightsError
-from detres.modeling.weights.torchvision import coco_layout
-from detres.modeling.weights.zoo import detectron2_checkpoint
+
+if TYPE_CHECKING:
+    from conftest import D2Goldens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TTA = GOLDEN["tta"]
-
-
-def _d2_model(name: str, tmp_path: Path, *extra: str) -> tuple[FasterRCNN, object]:
-    """Detectron2's model-zoo detector of the goldens, converted and loaded strictly."""
-    cfg = load_config(CONFIGS[name], [*SMALL, *extra])
-    path = tmp_path / f"{name}.pth"
-    torch.save(detectron2_checkpoint(GOLD / f"{name}.pkl", cfg), path)
-    model = build_detector(cfg)
-    load_weights(model, path, policy="strict")
-    return model.eval(), cfg
-
-
-def _image() -> torch.Tensor:
-    return image_tensor(load_image(GOLD / "det_image.png"))  # RGB uint8 (3, 160, 224)
+NAMES = ["r101_c4", "r50_fpn"]
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -53,39 +38,38 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 # ------------------------------------------------------------------------------- TTA
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_tta_gives_detectron2_tta_detections(name: str, tmp_path: Path) -> None:
-    model, cfg = _d2_model(name, tmp_path, "evaluation.tta.enabled=true",
-                           f"evaluation.tta.min_sizes={TTA['min_sizes']}",
-                           f"evaluation.tta.max_size={TTA['max_size']}",
-                           f"evaluation.tta.flip={str(TTA['flip']).lower()}")
+@pytest.mark.parametrize("name", NAMES)
+def test_tta_gives_detectron2_tta_detections(d2: D2Goldens, name: str, tmp_path: Path) -> None:
+    model, cfg = d2.detector(name, tmp_path, "evaluation.tta.enabled=true",
+                           f"evaluation.tta.min_sizes={d2.golden['tta']['min_sizes']}",
+                           f"evaluation.tta.max_size={d2.golden['tta']['max_size']}",
+                           f"evaluation.tta.flip={str(d2.golden['tta']['flip']).lower()}")
     tta = TestTimeDetector(model, tta=cfg.evaluation.tta)  # type: ignore[attr-defined]
-    det = tta.predict([_image()])[0]
-    g = TTA[name]
-    ids = torch.tensor(coco_layout()[0])
-    ref = (torch.tensor(g["boxes"]), torch.tensor(g["scores"]), ids[torch.tensor(g["classes"])])
+    det = tta.predict([d2.image()])[0]
+    ref = d2.reference(d2.golden["tta"][name])
     assert len(ref[0]) > 20
-    found = _matched(*ref, det)
+    found = d2.matched(ref, det)
     assert found >= 0.99, f"{name}: {found:.1%} of Detectron2's TTA detections found"
     assert abs(len(det["boxes"]) - len(ref[0])) <= max(1, len(ref[0]) // 100)
     # and TTA is not the single-scale answer (else this test would not test the merge)
-    plain = model.predict([_image()])[0]
-    assert _matched(*ref, plain) < 0.9
+    plain = model.predict([d2.image()])[0]
+    assert d2.matched(ref, plain) < 0.9
 
 
-def test_tta_at_the_test_scale_without_flip_is_plain_inference(tmp_path: Path) -> None:
-    model, cfg = _d2_model("r50_fpn", tmp_path, "evaluation.tta.enabled=true",
+def test_tta_at_the_test_scale_without_flip_is_plain_inference(d2: D2Goldens,
+                                                               tmp_path: Path) -> None:
+    model, cfg = d2.detector("r50_fpn", tmp_path, "evaluation.tta.enabled=true",
                            "evaluation.tta.min_sizes=[160]", "evaluation.tta.max_size=256",
                            "evaluation.tta.flip=false", "model.rules=torchvision")
     tta = TestTimeDetector(model, tta=cfg.evaluation.tta)  # type: ignore[attr-defined]
-    _same(tta.predict([_image()])[0], model.predict([_image()])[0])
+    _same(tta.predict([d2.image()])[0], model.predict([d2.image()])[0])
 
 
-def test_flip_tta_of_a_mirrored_image_is_mirrored(tmp_path: Path) -> None:
-    model, cfg = _d2_model("r101_c4", tmp_path, "evaluation.tta.enabled=true",
+def test_flip_tta_of_a_mirrored_image_is_mirrored(d2: D2Goldens, tmp_path: Path) -> None:
+    model, cfg = d2.detector("r101_c4", tmp_path, "evaluation.tta.enabled=true",
                            "evaluation.tta.min_sizes=[160]", "evaluation.tta.max_size=256")
     tta = TestTimeDetector(model, tta=cfg.evaluation.tta)  # type: ignore[attr-defined]
-    img = _image()
+    img = d2.image()
     a, b = tta.predict([img, img.flip(-1)])
     w = img.shape[-1]
     mirrored = torch.stack([w - b["boxes"][:, 2], b["boxes"][:, 1], w - b["boxes"][:, 0],
@@ -96,13 +80,13 @@ def test_flip_tta_of_a_mirrored_image_is_mirrored(tmp_path: Path) -> None:
     assert float(same.any(dim=1).float().mean()) >= 0.95
 
 
-def test_test_time_switches_are_checked() -> None:
-    model = build_detector(load_config(CONFIGS["r50_fpn"], SMALL))
-    cfg = load_config(CONFIGS["r50_fpn"], [*SMALL, "evaluation.tta.enabled=true",
+def test_test_time_switches_are_checked(d2: D2Goldens) -> None:
+    model = build_detector(load_config(d2.configs["r50_fpn"], d2.small))
+    cfg = load_config(d2.configs["r50_fpn"], [*d2.small, "evaluation.tta.enabled=true",
                                            "evaluation.multiscale.enabled=true"])
     with pytest.raises(ConfigError, match="choose one"):
         TestTimeDetector(model, tta=cfg.evaluation.tta, multiscale=cfg.evaluation.multiscale)
-    cfg = load_config(CONFIGS["r50_fpn"], [*SMALL, "evaluation.tta.enabled=true",
+    cfg = load_config(d2.configs["r50_fpn"], [*d2.small, "evaluation.tta.enabled=true",
                                            "evaluation.tta.min_sizes=[]"])
     with pytest.raises(ConfigError, match="evaluation.tta.min_sizes"):
         TestTimeDetector(model, tta=cfg.evaluation.tta)
@@ -123,23 +107,23 @@ def test_scale_pairs_bracket_the_target() -> None:
     assert lo.tolist() == hi.tolist() == [0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_multiscale_on_the_test_scale_alone_is_plain_inference(name: str, tmp_path: Path
-                                                                ) -> None:
+@pytest.mark.parametrize("name", NAMES)
+def test_multiscale_on_the_test_scale_alone_is_plain_inference(d2: D2Goldens, name: str,
+                                                                tmp_path: Path) -> None:
     """One scale, the test scale: maxout of a feature with itself; the same detections."""
-    model, cfg = _d2_model(name, tmp_path, "evaluation.multiscale.enabled=true",
+    model, cfg = d2.detector(name, tmp_path, "evaluation.multiscale.enabled=true",
                            "evaluation.multiscale.scales=[160]",
                            "evaluation.multiscale.max_size=256")
     ms = TestTimeDetector(model, multiscale=cfg.evaluation.multiscale)  # type: ignore[attr-defined]
-    _same(ms.predict([_image()])[0], model.predict([_image()])[0])
+    _same(ms.predict([d2.image()])[0], model.predict([d2.image()])[0])
 
 
-def test_multiscale_pools_the_pair_the_rule_picks(tmp_path: Path,
+def test_multiscale_pools_the_pair_the_rule_picks(d2: D2Goldens, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Three scales: every RoI is pooled at exactly two adjacent scales, the pair whose scaled
     side brackets the target (recomputed here by hand), and the predictor reads the
     elementwise max of the two box-head features."""
-    model, cfg = _d2_model("r101_c4", tmp_path, "evaluation.multiscale.enabled=true",
+    model, cfg = d2.detector("r101_c4", tmp_path, "evaluation.multiscale.enabled=true",
                            "evaluation.multiscale.scales=[80,160,320]",
                            "evaluation.multiscale.max_size=1000",
                            "evaluation.multiscale.target_size=48")
@@ -166,12 +150,12 @@ def test_multiscale_pools_the_pair_the_rule_picks(tmp_path: Path,
     monkeypatch.setattr(heads, "box_features", spy_features)
     monkeypatch.setattr(heads, "predict_from_features", spy_predict)
     monkeypatch.setattr(heads, "detect", spy_detect)
-    assert len(ms.predict([_image()])[0]["boxes"]) > 0
+    assert len(ms.predict([d2.image()])[0]["boxes"]) > 0
     rois = first[0][:, 1:]  # the proposals, original pixels
     n = len(rois)
     hws = sorted({c[0] for c in calls})
     assert len(hws) == 3 and n > 20
-    h, w = _image().shape[-2:]
+    h, w = d2.image().shape[-2:]
     ratio = torch.tensor([[hw[1] / w, hw[0] / h] for hw in hws])  # (3, 2) sx, sy
     at = torch.full((n, 3, merged[0].shape[1]), float("nan"))
     seen = torch.zeros(n, dtype=torch.long)
@@ -214,11 +198,11 @@ def test_box_voting_on_hand_made_boxes() -> None:
     torch.testing.assert_close(out, kept)
 
 
-def test_refined_boxes_are_a_second_pass_of_the_box_head(tmp_path: Path,
+def test_refined_boxes_are_a_second_pass_of_the_box_head(d2: D2Goldens, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The union that refinement NMSes is the first pass's predictions and, for each RoI, the
     box head run again on its regressed box of its best class."""
-    model, _ = _d2_model("r101_c4", tmp_path, "model.roi_heads.box_refinement=true")
+    model, _ = d2.detector("r101_c4", tmp_path, "model.roi_heads.box_refinement=true")
     heads = model.roi_heads
     seen: dict[str, torch.Tensor] = {}
     select = heads.select
@@ -229,7 +213,7 @@ def test_refined_boxes_are_a_second_pass_of_the_box_head(tmp_path: Path,
         return select(boxes, scores, img, num_images, nms_thresh, voting_thresh)
 
     monkeypatch.setattr(heads, "select", spy)
-    x, sizes = model.preprocess([_image()])
+    x, sizes = model.preprocess([d2.image()])
     with torch.no_grad():
         det = model.inference(x, sizes)[0]
         feats = model.features(model.normalize(x, sizes))
@@ -251,12 +235,12 @@ def test_refined_boxes_are_a_second_pass_of_the_box_head(tmp_path: Path,
     assert torch.isfinite(det["boxes"]).all()
 
 
-def test_refinement_changes_detections_and_export_refuses_it(tmp_path: Path) -> None:
+def test_refinement_changes_detections_and_export_refuses_it(d2: D2Goldens, tmp_path: Path) -> None:
     from detres.export import ExportError, export_onnx
 
-    plain, _ = _d2_model("r50_fpn", tmp_path)
-    refined, _ = _d2_model("r50_fpn", tmp_path, "model.roi_heads.box_refinement=true")
-    a, b = plain.predict([_image()])[0], refined.predict([_image()])[0]
+    plain, _ = d2.detector("r50_fpn", tmp_path)
+    refined, _ = d2.detector("r50_fpn", tmp_path, "model.roi_heads.box_refinement=true")
+    a, b = plain.predict([d2.image()])[0], refined.predict([d2.image()])[0]
     assert not (len(a["boxes"]) == len(b["boxes"]) and torch.allclose(a["boxes"], b["boxes"]))
     with pytest.raises(ExportError, match="box_refinement"):
         export_onnx(refined, tmp_path / "m.onnx")
@@ -296,18 +280,18 @@ def test_global_context_pools_exactly_the_image_box(tiny_detector: Callable[...,
     assert ctx is not None and float(ctx.cls_score.weight.grad.abs().sum()) > 0
 
 
-def test_global_context_loads_a_detector_without_it(tmp_path: Path,
+def test_global_context_loads_a_detector_without_it(d2: D2Goldens, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Only the new layers are re-initialized (zero), with one log line; the detector then
     predicts what the one without context did. Scoring (strict) refuses the file."""
-    plain, _ = _d2_model("r101_c4", tmp_path)
-    cfg = load_config(CONFIGS["r101_c4"], [*SMALL, "model.roi_heads.global_context=true"])
+    plain, _ = d2.detector("r101_c4", tmp_path)
+    cfg = load_config(d2.configs["r101_c4"], [*d2.small, "model.roi_heads.global_context=true"])
     ctx = build_detector(cfg)
     with caplog.at_level(logging.INFO):
         report = load_weights(ctx, tmp_path / "r101_c4.pth", policy="trunk")
     assert report.reinitialized == ["roi_heads.context_predictor"]
     assert any("global context" in r.getMessage() for r in caplog.records)
-    _same(ctx.eval().predict([_image()])[0], plain.predict([_image()])[0])
+    _same(ctx.eval().predict([d2.image()])[0], plain.predict([d2.image()])[0])
     with pytest.raises(WeightsError, match="context_predictor"):
         load_weights(build_detector(cfg), tmp_path / "r101_c4.pth", policy="strict")
 
@@ -326,17 +310,18 @@ def test_global_context_detects_with_every_family(tiny_detector: Callable[..., F
 # ------------------------------------------------------------------ eval and predict
 
 
-def test_eval_and_predict_take_the_switches(tmp_path: Path, tool: Callable[[str], ModuleType],
+def test_eval_and_predict_take_the_switches(d2: D2Goldens, tmp_path: Path,
+                                            tool: Callable[[str], ModuleType],
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """tools/predict.py with TTA, multi-scale and refinement on a converted Detectron2 file;
     tools/export.py refuses TTA with a clear line."""
-    _d2_model("r50_fpn", tmp_path)
+    d2.detector("r50_fpn", tmp_path)
     weights = str(tmp_path / "r50_fpn.pth")
     img_dir = tmp_path / "images"
     img_dir.mkdir()
-    (img_dir / "a.png").write_bytes((GOLD / "det_image.png").read_bytes())
-    base = ["--cfg", CONFIGS["r50_fpn"], "--weights", weights, "--input", str(img_dir),
-            "--score-thresh", "0.05", *SMALL]
+    (img_dir / "a.png").write_bytes((d2.gold / "det_image.png").read_bytes())
+    base = ["--cfg", d2.configs["r50_fpn"], "--weights", weights, "--input", str(img_dir),
+            "--score-thresh", "0.05", *d2.small]
     counts = {}
     for label, extra in {
         "plain": [],
@@ -353,6 +338,6 @@ def test_eval_and_predict_take_the_switches(tmp_path: Path, tool: Callable[[str]
         counts[label] = (len(rec["boxes"]), rec["boxes"][:1])
         assert all(0 <= b[0] <= b[2] <= 224 and 0 <= b[1] <= b[3] <= 160 for b in rec["boxes"])
     assert len({str(v) for v in counts.values()}) == 4, counts  # each switch changes the output
-    rc = tool("export").main(["--cfg", CONFIGS["r50_fpn"], "--weights", weights, "--out",
-                              str(tmp_path / "m.onnx"), *SMALL, "evaluation.tta.enabled=true"])
+    rc = tool("export").main(["--cfg", d2.configs["r50_fpn"], "--weights", weights, "--out",
+                              str(tmp_path / "m.onnx"), *d2.small, "evaluation.tta.enabled=true"])
     assert rc == 2 and "evaluation.tta.enabled" in capsys.readouterr().err

@@ -263,3 +263,33 @@ def test_report_json_and_table(tmp_path: Path) -> None:
     assert m["per_class"]["dog"] == {"AP@.5": 0.5, "AP@[.5,.95]": None}
     table = format_table(r, published={"mAP@.5": 48.4})
     assert "50.0" in table and "+1.6" in table and "0.125" in table and "12.5" not in table
+
+
+TABLE9 = {"coco_r101": (48.4, 27.2, False, False, False),
+          "coco_r101_refine": (49.9, 29.9, True, False, False),
+          "coco_r101_context": (51.1, 30.0, True, True, False),
+          "coco_r101_ms": (53.8, 32.5, True, True, True)}
+
+
+@pytest.mark.parametrize("name", list(TABLE9))
+def test_table9_configs_print_the_papers_rows(name: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper's Table 9 rows as configs (cumulative switches), each printing its row."""
+    import detres.engine.det as det
+
+    seen: dict = {}
+
+    def fake_evaluate_config(cfg: object, device: object, *, out_dir: Path | None = None) -> dict:
+        seen["cfg"] = cfg
+        return {"mAP@.5": 0.5, "mAP@[.5,.95]": 0.3, "per_class": {}}
+
+    monkeypatch.setattr(det, "evaluate_config", fake_evaluate_config)
+    rc, out, _ = run(capsys, "--cfg", name, "--weights", tmp_path / "w.pth", "train.device=cpu")
+    ap50, ap, refine, context, ms = TABLE9[name]
+    c = seen["cfg"]
+    assert rc == 0 and f"{ap50}" in out and f"{ap}" in out
+    assert (c.model.roi_heads.box_refinement, c.model.roi_heads.global_context,
+            c.evaluation.multiscale.enabled) == (refine, context, ms)
+    if ms:
+        assert c.evaluation.multiscale.scales == [200, 400, 600, 800, 1000]
