@@ -21,7 +21,8 @@ linked), with four adjustments made from outside, none to its training loop:
   one-epoch calibration run (its MultiStepLR drops at 80% and 94% of the epochs, as the
   recipe's steps do); its learning rate follows its own rule, 0.02 per 16 images (train.py's
   docstring: 0.02 for 8 GPUs x 2 images), so 0.01 at the recipe's batch of 8 (at detres's
-  0.02 it diverged to a NaN loss in its first epoch);
+  0.02 it diverged to a NaN loss in its first epoch on raccoon, at 0.01 in its second, after
+  its 19-iteration warm-up; ``--tv-lr 0.005`` trained);
 - shims for names its older files use that this torchvision renamed (``ConvertImageDtype``,
   ``ToTensor``, ``torch._six``), and a stand-in ``coco_eval`` module if none is present.
 
