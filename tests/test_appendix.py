@@ -118,6 +118,18 @@ def test_multiscale_on_the_test_scale_alone_is_plain_inference(d2: D2Goldens, na
     _same(ms.predict([d2.image()])[0], model.predict([d2.image()])[0])
 
 
+def test_pyramid_proposals_of_one_scale_are_the_test_scale_proposals(d2: D2Goldens,
+                                                                      tmp_path: Path) -> None:
+    """C4 (one RPN level, NMSed at the RPN's threshold): proposals merged over a one-scale
+    pyramid are that scale's own, so the detections are plain inference's."""
+    model, cfg = d2.detector("r101_c4", tmp_path, "evaluation.multiscale.enabled=true",
+                             "evaluation.multiscale.scales=[160]",
+                             "evaluation.multiscale.max_size=256",
+                             "evaluation.multiscale.pyramid_proposals=true")
+    ms = TestTimeDetector(model, multiscale=cfg.evaluation.multiscale)  # type: ignore[attr-defined]
+    _same(ms.predict([d2.image()])[0], model.predict([d2.image()])[0])
+
+
 def test_multiscale_pools_the_pair_the_rule_picks(d2: D2Goldens, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Three scales: every RoI is pooled at exactly two adjacent scales, the pair whose scaled
