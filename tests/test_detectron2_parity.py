@@ -12,11 +12,11 @@ import pickle
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import box_iou
 
 from detres.config import load_config
 from detres.data.det_transforms import image_tensor
@@ -43,23 +43,15 @@ MSRA = [f"model.input.format={MSRA_INPUT['format']}", "model.input.pixel_range=2
         f"model.input.pixel_mean={MSRA_INPUT['pixel_mean']}",
         f"model.input.pixel_std={MSRA_INPUT['pixel_std']}"]
 
+if TYPE_CHECKING:
+    from conftest import D2Goldens
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _matched(ref_boxes: torch.Tensor, ref_scores: torch.Tensor, ref_cls: torch.Tensor,
-             det: dict[str, torch.Tensor]) -> float:
-    """The fraction of the reference detections found: same class, IoU >= 0.99, score within
-    1e-3."""
-    if len(ref_boxes) == 0:
-        return 1.0
-    iou = box_iou(ref_boxes, det["boxes"].float())
-    same = (ref_cls[:, None] == det["labels"][None, :]) & (iou >= 0.99)
-    close = (ref_scores[:, None] - det["scores"][None, :].float()).abs() <= 1e-3
-    return float((same & close).any(dim=1).float().mean())
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_detectron2_detector_gives_detectron2_detections(name: str, tmp_path: Path,
+                                                         d2: D2Goldens,
                                                          tool: Callable[[str], ModuleType]
                                                          ) -> None:
     out = tmp_path / f"{name}.pth"
@@ -81,7 +73,7 @@ def test_detectron2_detector_gives_detectron2_detections(name: str, tmp_path: Pa
     ids = torch.tensor(coco_layout()[0])
     ref = (torch.tensor(g["boxes"]), torch.tensor(g["scores"]), ids[torch.tensor(g["classes"])])
     assert len(ref[0]) > 20  # spread, calibrated weights: a real test
-    found = _matched(*ref, det)
+    found = d2.matched(ref, det)
     assert found >= 0.99, f"{name}: {found:.1%} of Detectron2's detections found"
     assert abs(len(det["boxes"]) - len(ref[0])) <= max(1, len(ref[0]) // 100)
 
@@ -190,7 +182,8 @@ def test_zoo_pickles_are_read_safely(tmp_path: Path) -> None:
         detectron2_checkpoint(GOLD / "r50_fpn.pkl", load_config("coco_r50_fpn", []))
 
 
-def test_exported_detectron2_model_gives_detectron2_detections(tmp_path: Path) -> None:
+def test_exported_detectron2_model_gives_detectron2_detections(tmp_path: Path,
+                                                               d2: D2Goldens) -> None:
     """Detectron2's R50-FPN (the goldens' model-zoo file, converted) exported: onnxruntime
     finds Detectron2's own detections (its rules: logits ranking, ROIAlignV2, strict
     filters, empty boxes dropped)."""
@@ -203,7 +196,4 @@ def test_exported_detectron2_model_gives_detectron2_detections(tmp_path: Path) -
     path = tmp_path / "d2.onnx"
     assert export_onnx(model.eval(), path, dynamic=True)["check"]["ok"]
     det = OnnxDetector(path).predict([image_tensor(load_image(GOLD / "det_image.png"))])[0]
-    g = GOLDEN["r50_fpn"]
-    ids = torch.tensor(coco_layout()[0])
-    ref = (torch.tensor(g["boxes"]), torch.tensor(g["scores"]), ids[torch.tensor(g["classes"])])
-    assert _matched(*ref, det) >= 0.99
+    assert d2.matched(d2.reference(GOLDEN["r50_fpn"]), det) >= 0.99
