@@ -111,6 +111,32 @@ def test_eval_tool_reproduces_training_metrics(
         assert got[key] == want[key], key
 
 
+def test_trainer_evaluates_with_the_test_time_switch(
+    run: dict[str, Path], tool: Callable[[str], ModuleType], tiny_det: list[str],
+    demo_data: Callable[[Path], list[str]]
+) -> None:
+    """The trainer's evaluation runs the config's TTA: its detections are tools/eval.py's
+    with TTA, and not those without it."""
+    out = run["tmp"] / "tta_train"
+    tta = ["evaluation.tta.enabled=true", "evaluation.tta.min_sizes=[96,128]",
+           "evaluation.tta.max_size=192"]
+    assert tool("train_det").main(["--cfg", "demo.yaml", "--out-dir", str(out),
+                                   *demo_data(run["data"]), *tiny_det, *tta,
+                                   "solver.max_iter=2"]) == 0
+    ev = tool("eval").main
+    weights = ["--weights", str(out / "model_final.pth")]
+    dets = {}
+    for name, extra in (("tta", []), ("plain", ["evaluation.tta.enabled=false"])):
+        d = run["tmp"] / f"tta_eval_{name}"
+        d.mkdir()
+        assert ev(["--cfg", str(out / "config.yaml"), *weights, "--out", str(d / "m.json"),
+                   *extra]) == 0
+        (dets[name],) = (json.loads(f.read_text()) for f in d.glob("coco_results_*.json"))
+    (trained,) = (json.loads(f.read_text()) for f in out.glob("coco_results_*.json"))
+    assert trained and trained == dets["tta"]
+    assert trained != dets["plain"]
+
+
 def test_predict_tool_writes_images_and_json(
     run: dict[str, Path], tool: Callable[[str], ModuleType], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,7 +28,7 @@ from detres.engine.trainer import Trainer
 from detres.evaluation import EVALUATORS, DetectionEvaluator, write_metrics
 from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_pretrained
-from detres.modeling.test_time import TestTimeDetector
+from detres.modeling.test_time import TestTimeDetector, with_test_time
 from detres.utils.device import autocast_context
 from detres.utils.dist import get_world_size, is_main_process
 from detres.utils.errors import InputError
@@ -60,14 +60,9 @@ def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None,
 Scorable = FasterRCNN | OnnxDetector | TestTimeDetector
 
 
-def with_test_time(model: FasterRCNN, cfg: Config) -> FasterRCNN | TestTimeDetector:
-    """``model`` with the config's test-time switch (``evaluation.tta`` or
-    ``evaluation.multiscale``) when one is on, else ``model``."""
-    e = cfg.evaluation
-    if e.tta.enabled or e.multiscale.enabled:
-        tt = TestTimeDetector(model, tta=e.tta, multiscale=e.multiscale)
-        LOG.info("%s", tt.describe())
-        return tt
+def _log_test_time(model: Scorable) -> Scorable:
+    if isinstance(model, TestTimeDetector):
+        LOG.info("%s", model.describe())
     return model
 
 
@@ -141,8 +136,8 @@ def evaluate_config(cfg: Config, device: torch.device, *, out_dir: Path | None =
     model = model.to(device).eval()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return _score_on_test_set(with_test_time(model, cfg), cfg, device, out_dir,
-                              cfg.evaluation.amp, cfg.train.channels_last)
+    return _score_on_test_set(_log_test_time(with_test_time(model, cfg.evaluation)), cfg,
+                              device, out_dir, cfg.evaluation.amp, cfg.train.channels_last)
 
 
 def _score_on_test_set(model: Scorable, cfg: Config, device: torch.device,
@@ -219,8 +214,9 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     test_src = build_det_sources(cfg, train=False)[0]
     LOG.info("test set %s", test_src.summary())
     _check_model_classes(model, test_src)
-    scored = with_test_time(model, cfg)  # evaluations with the config's test-time switch
-    test_loader = build_scoring_loader(cfg, scored, test_src)
+    # evaluations with the config's test-time switch, if any
+    test_loader = build_scoring_loader(cfg, _log_test_time(with_test_time(model, cfg.evaluation)),
+                                       test_src)
     evaluator = build_det_evaluator(test_src, out_dir=run.out_dir,
                                     coco_backend=cfg.evaluation.coco_backend)
     per_rank = cfg.solver.batch_size // get_world_size()
@@ -238,9 +234,7 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
         return m(images, targets)
 
     def evaluate(m: nn.Module) -> dict[str, Any]:
-        net = unwrap(m)
-        metrics = run_detector(TestTimeDetector(net, tta=scored.tta, multiscale=scored.multiscale)
-                               if isinstance(scored, TestTimeDetector) else net,
+        metrics = run_detector(with_test_time(unwrap(m), cfg.evaluation),
                                test_loader, test_src, evaluator, device,
                                cfg.evaluation.amp, cfg.train.channels_last)
         if metrics:

@@ -23,7 +23,7 @@ from detres.data.det_transforms import image_tensor
 from detres.data.image_io import load_image
 from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_weights
-from detres.modeling.test_time import TestTimeDetector
+from detres.modeling.test_time import TestTimeDetector, with_test_time
 from detres.utils.device import autocast_context
 
 #: what runs on image files: a detector, an exported one, or one with a test-time switch
@@ -180,7 +180,4 @@ def build_predictor(cfg: Config, weights: str | Path, device: torch.device
     model = model.to(device).eval()
     if cfg.train.channels_last:  # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
         model = model.to(memory_format=torch.channels_last)
-    e = cfg.evaluation
-    if e.tta.enabled or e.multiscale.enabled:
-        return TestTimeDetector(model, tta=e.tta, multiscale=e.multiscale)
-    return model
+    return with_test_time(model, cfg.evaluation)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detres.config import ConfigError, MultiScaleCfg, TTACfg
+from detres.config import ConfigError, EvaluationCfg, MultiScaleCfg, TTACfg
 from detres.modeling.box_ops import batched_nms, nonempty, rois_from_flat
 from detres.modeling.faster_rcnn import FasterRCNN, RawImagePredictor
 from detres.preprocess import boxes_to_original, pad_batch, resize_image, resized_hw
@@ -50,6 +50,14 @@ def scale_pairs(sides: Tensor, target: float) -> tuple[Tensor, Tensor]:
 def flip_boxes(boxes: Tensor, width: int) -> Tensor:
     """Boxes of a horizontally flipped ``width``-wide image, in the unflipped image."""
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+
+def with_test_time(model: FasterRCNN, evaluation: EvaluationCfg) -> FasterRCNN | TestTimeDetector:
+    """``model`` wrapped for ``evaluation``'s test-time switch (``tta`` or ``multiscale``)
+    when one is on, else ``model`` itself."""
+    if evaluation.tta.enabled or evaluation.multiscale.enabled:
+        return TestTimeDetector(model, tta=evaluation.tta, multiscale=evaluation.multiscale)
+    return model
 
 
 class TestTimeDetector(RawImagePredictor):
