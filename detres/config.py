@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses are the schema and the defaults, YAML files only override.
 
 ``load_config("coco_r101.yaml", ["solver.base_lr=0.01"])`` finds the file (a path, or a name
-under ``configs/``), follows ``_base_`` inheritance, merges through OmegaConf's structured
+of a config shipped in the package, ``detres/configs``, from any folder), follows ``_base_`` inheritance, merges through OmegaConf's structured
 configs (so an unknown key or a wrong type fails with the full key path), applies
 ``key=value`` overrides and returns a :class:`Config` dataclass.
 
@@ -23,8 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from detres.utils.errors import InputError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+#: the configs shipped with the package (a checkout's top-level ``configs/`` links here)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(InputError):
@@ -186,7 +186,7 @@ class ClsAugCfg:
 
 @dataclass
 class DataCfg:
-    root: str = ""  # data root; "" -> $DETRES_DATA or <repo>/data
+    root: str = ""  # data root; "" -> $DETRES_DATA, else ./data in the current folder
     train: list[DatasetCfg] = field(
         default_factory=lambda: [DatasetCfg(name="synthetic_cls_train")]
     )
@@ -310,10 +310,14 @@ class Config:
 
 
 def find_config(name_or_path: str | os.PathLike[str]) -> Path:
-    """A path as given, else a file under ``configs/`` (with or without ``.yaml``)."""
+    """A path as given (relative to the current folder), else a config shipped with the package
+    by name (with or without ``.yaml``; ``configs/`` in front is allowed, as a checkout spells
+    it), so that ``--cfg coco_r101.yaml`` works from any folder."""
     p = Path(name_or_path)
     if p.is_file():
         return p
+    if p.parts and p.parts[0] == "configs" and not p.is_absolute():
+        p = Path(*p.parts[1:]) if len(p.parts) > 1 else p
     for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
         if cand.is_file():
             return cand
@@ -468,8 +472,18 @@ def save_config(cfg: Config, out_dir: str | os.PathLike[str]) -> Path:
     return path
 
 
+def config_summary(path: str | os.PathLike[str], width: int = 72) -> str:
+    """The first line of a config file's opening comment, cut to ``width`` (``detres configs``)."""
+    first = Path(path).read_text().split("\n", 1)[0]
+    text = first.lstrip("#").strip() if first.startswith("#") else ""
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
 def data_root(cfg: Config | None = None) -> Path:
-    """``data.root``, else ``$DETRES_DATA``, else ``<repo>/data``."""
+    """Where data sets are found (and the demo sets generated): ``data.root``, else
+    ``$DETRES_DATA``, else ``./data`` under the folder the command runs in; never inside the
+    installed package."""
     if cfg is not None and cfg.data.root:
         return Path(cfg.data.root)
-    return Path(os.environ.get("DETRES_DATA", REPO_ROOT / "data"))
+    env = os.environ.get("DETRES_DATA")
+    return Path(env) if env else Path.cwd() / "data"

@@ -122,16 +122,9 @@ def synthetic_cls_overrides(root: Path) -> list[str]:
 
 
 def load_tool(name: str) -> ModuleType:
-    """``tools/<name>.py`` imported as a module (its ``main(argv)`` runs in-process)."""
-    key = f"detres_tools_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, REPO / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module
+    """The tool ``tools/<name>.py`` / ``detres <command>``: the module :mod:`detres.cli.<name>`
+    (its ``main(argv)`` runs in-process)."""
+    return importlib.import_module(f"detres.cli.{name}")
 
 
 def write_cifar10(root: Path, per_batch: int = 4, seed: int = 0) -> Path:

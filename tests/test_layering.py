@@ -19,6 +19,7 @@ FLOORS: dict[str, int] = {
     "modeling": 2, "data": 2, "evaluation": 2,
     "engine": 3, "export": 3,
     "benchmark": 4,
+    "cli": 5, "__main__": 5,  # the command line (tools/*.py call it too)
 }
 PIPELINES = {"modeling", "data", "evaluation"}  # side by side: none imports another
 
