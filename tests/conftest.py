@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Run a trained detector on images: draw the detections and write them as JSON.
+
+    python tools/predict.py --cfg output/demo/config.yaml --weights output/demo/model_final.pth \\
+        --input photo.jpg|images_dir [more ...] --out predictions/ [--score-thresh 0.5]
+    python tools/predict.py --onnx demo.onnx --input ... --out ...   (an exported detector)
+
+Writes ``OUT/<image name>`` (boxes with class names and scores drawn; JPEG and PNG inputs
+keep their format, others become PNG) and ``OUT/predictions.json``: a list with, per image,
+``file``, ``height``, ``width``, ``boxes`` (x1, y1, x2, y2 in input pixels), ``scores``,
+``labels`` (the data set's category ids) and ``class_names``. Class names and ids come from
+the checkpoint; the config must describe the same detector (its saved ``config.yaml`` does).
+With ``--onnx`` (a file from tools/export.py) onnxruntime runs the detector and the file's
+metadata gives the classes and the resize rule; drawing and JSON are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from detres.config import load_config
+from detres.engine.launch import add_debug_flag, run_cli
+from detres.engine.predict import (
+    Detector,
+    build_predictor,
+    detection_record,
+    draw_detections,
+    list_images,
+    output_name,
+    predict_files,
+    write_image,
+)
+from detres.export import OnnxDetector
+from detres.utils.device import resolve_device
+from detres.utils.errors import InputError
+from detres.utils.logging import setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cfg", help="config name or path (e.g. a run's config.yaml)")
+    p.add_argument("--weights", help="detector checkpoint (model_final.pth)")
+    p.add_argument("--onnx", type=Path,
+                   help="an exported detector (tools/export.py) instead of --cfg/--weights")
+    p.add_argument("--input", required=True, nargs="+", help="image files and/or directories")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="keep detections scoring at least this (default: 0.5; the detector "
+                        "itself returns those above model.roi_heads.score_thresh_test, 0.05)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    add_debug_flag(p)
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    files = list_images(args.input)
+    names = [output_name(f) for f in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"several inputs would be written as {dup}; rename or run separately")
+    setup_logging()
+    if args.onnx is not None:
+        model: Detector = OnnxDetector(args.onnx)
+        amp = "none"  # onnxruntime runs the graph in float32
+        print(model.describe())
+    else:
+        cfg = load_config(args.cfg, args.overrides)
+        if cfg.task != "det":
+            raise InputError(f"{args.cfg}: task is {cfg.task!r}, not a detector config")
+        model, amp = build_predictor(cfg, args.weights, resolve_device(cfg.train.device)), \
+            cfg.evaluation.amp
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = []
+    stream = predict_files(model, files, batch_size=args.batch_size,
+                           score_thresh=args.score_thresh, amp=amp)
+    bar = tqdm(zip(stream, names, strict=True), total=len(files), desc="predict", unit="img",
+               dynamic_ncols=True, disable=len(files) < 2)
+    for (f, image, det), name in bar:
+        write_image(args.out / name, draw_detections(image, det, model))
+        records.append(detection_record(f, image, det, model))
+        bar.write(f"{f}: {len(det['boxes'])} detection(s) -> {args.out / name}")
+    out_json = args.out / "predictions.json"
+    out_json.write_text(json.dumps(records, indent=1))
+    print(f"wrote {out_json} ({len(records)} image(s), score >= {args.score_thresh})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if (args.onnx is not None) == bool(args.cfg or args.weights):  # both or neither
+        parser.error("give --cfg and --weights (a checkpoint), or --onnx (an exported file)")
+    if args.onnx is None and not (args.cfg and args.weights):
+        parser.error("--cfg and --weights go together")
+    if args.onnx is not None and args.overrides:
+        parser.error(f"config overrides {args.overrides} do not apply to --onnx")
+    return run_cli("predict.py", lambda: run(args), debug=args.debug)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training engine shared by the classification pretrainer and the detection trainer."""

@@ -1,0 +1,183 @@
+"""Running a trained detector on image files (tools/predict.py): finding and reading the
+images, batched ``FasterRCNN.predict``, drawing the detections, and JSON records.
+
+Boxes are ``(x1, y1, x2, y2)`` in the input image's pixels and labels are the data set's
+category ids (what ``predict`` returns); names come from the model's class list, which a
+checkpoint written by the trainer sets (``load_detector_weights``).
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from detres.config import Config
+from detres.data.det_transforms import image_tensor
+from detres.data.image_io import load_image
+from detres.export import OnnxDetector
+from detres.modeling import FasterRCNN, build_detector, load_weights
+from detres.modeling.test_time import TestTimeDetector, with_test_time
+from detres.utils.device import autocast_context
+
+#: what runs on image files: a detector, an exported one, or one with a test-time switch
+Detector = FasterRCNN | OnnxDetector | TestTimeDetector
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from paths that are files or directories (a directory's images with a
+    known suffix, sorted, not recursive); a missing path or an empty directory is an error."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file()
+                           and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"input directory {p} has no image files "
+                                        f"({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    return files
+
+
+def read_image(path: str | Path) -> Tensor:
+    """An image file as a uint8 RGB ``(3, H, W)`` tensor, decoded as the loaders do (cv2; a
+    missing or broken file is an error naming it)."""
+    return image_tensor(load_image(path))
+
+
+def keep_scores(det: dict[str, Tensor], score_thresh: float) -> dict[str, Tensor]:
+    """The detections scoring at least ``score_thresh``, on the CPU."""
+    keep = det["scores"] >= score_thresh
+    return {k: v[keep].cpu() for k, v in det.items()}
+
+
+def predict_files(model: Detector, files: Sequence[Path], *, batch_size: int = 4,
+                  score_thresh: float = 0.0, amp: str = "auto"
+                  ) -> Iterator[tuple[Path, Tensor, dict[str, Tensor]]]:
+    """``(file, image (3, H, W) uint8, detections)`` per file, running ``model.predict`` on
+    batches of ``batch_size`` images read as they are needed, under ``amp`` autocast (the
+    precision the evaluation uses: ``evaluation.amp``, fp32 by default)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model.eval()
+    device = model.device
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        images = [read_image(f) for f in chunk]
+        with torch.inference_mode(), autocast_context(device, amp):
+            dets = model.predict(images)
+        for f, img, det in zip(chunk, images, dets, strict=True):
+            yield f, img, keep_scores(det, score_thresh)
+
+
+def class_names_by_id(model: Detector) -> dict[int, str]:
+    return dict(zip(model.category_ids, model.class_names, strict=True))
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` well-separated RGB colours (evenly spaced hues)."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 1.0)
+        out.append((int(255 * r), int(255 * g), int(255 * b)))
+    return out
+
+
+def label_style(h: int, w: int) -> tuple[float, int, int]:
+    """(font scale, text thickness, box line width) for an ``h x w`` image: readable on a
+    thumbnail and on a 4K photograph alike."""
+    side = min(h, w)
+    scale = max(0.35, side / 700)
+    return scale, max(1, round(scale * 1.6)), max(1, round(side / 250))
+
+
+def draw_detections(image: Tensor, det: dict[str, Tensor], model: Detector,
+                    width: int | None = None) -> Tensor:
+    """``image`` (float in [0, 1] or uint8, ``(3, H, W)``) with its boxes drawn in their class
+    colours, each labelled ``"name score"`` in a filled label box on the box's top edge (as
+    Detectron2's Visualizer does), text and lines sized to the image; returns uint8."""
+    img = image if image.dtype == torch.uint8 else (image * 255).round().clamp(0, 255).byte()
+    if len(det["boxes"]) == 0:
+        return img.clone()
+    h, w = img.shape[-2:]
+    scale, thick, line = label_style(h, w)
+    line = width or line
+    names = class_names_by_id(model)
+    colours = dict(zip(model.category_ids, palette(len(model.category_ids)), strict=True))
+    canvas = np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy())  # (H, W, 3) RGB
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for box, c, s in zip(det["boxes"].float().tolist(), det["labels"].tolist(),
+                         det["scores"].tolist(), strict=True):
+        colour = colours.get(int(c), (255, 255, 255))
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, line)
+        text = f"{names.get(int(c), str(c))} {float(s):.2f}"
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        pad = max(1, thick)
+        top = y1 - th - base - 2 * pad
+        if top < 0:  # no room above the box: inside its top edge
+            top = y1
+        bottom = top + th + base + 2 * pad
+        cv2.rectangle(canvas, (x1, top), (min(x1 + tw + 2 * pad, w - 1), bottom), colour, -1)
+        luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        ink = (0, 0, 0) if luma > 140 else (255, 255, 255)
+        cv2.putText(canvas, text, (x1 + pad, bottom - base - pad), font, scale, ink, thick,
+                    cv2.LINE_AA)
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+
+def write_image(path: str | Path, image: Tensor) -> Path:
+    """Write a uint8 RGB ``(3, H, W)`` tensor; the suffix picks the format (cv2)."""
+    path = Path(path)
+    bgr = cv2.cvtColor(image.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(path.suffix, bgr)
+    if not ok:
+        raise ValueError(f"cannot encode an image as {path.suffix!r} for {path}")
+    buf.tofile(str(path))  # unlike imwrite, non-ASCII paths work
+    return path
+
+
+def detection_record(file: str | Path, image: Tensor, det: dict[str, Tensor],
+                     model: Detector) -> dict[str, Any]:
+    """One image's entry of ``predictions.json``."""
+    names = class_names_by_id(model)
+    labels = [int(c) for c in det["labels"]]
+    return {
+        "file": str(file),
+        "height": int(image.shape[-2]),
+        "width": int(image.shape[-1]),
+        "boxes": [[round(float(v), 4) for v in b] for b in det["boxes"].tolist()],
+        "scores": [round(float(s), 6) for s in det["scores"].tolist()],
+        "labels": labels,
+        "class_names": [names.get(c, str(c)) for c in labels],
+    }
+
+
+def output_name(file: Path) -> str:
+    """The drawn image's file name: the input's, as PNG unless it is a JPEG or PNG."""
+    return file.name if file.suffix.lower() in (".jpg", ".jpeg", ".png") else f"{file.stem}.png"
+
+
+def build_predictor(cfg: Config, weights: str | Path, device: torch.device
+                    ) -> FasterRCNN | TestTimeDetector:
+    """The detector of ``cfg`` with all its weights (strictly) and class names from
+    ``weights``; wrapped for TTA or multi-scale testing when ``evaluation`` switches one on."""
+    model = build_detector(cfg)
+    load_weights(model, weights, policy="strict")
+    model = model.to(device).eval()
+    if cfg.train.channels_last:  # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
+        model = model.to(memory_format=torch.channels_last)
+    return with_test_time(model, cfg.evaluation)

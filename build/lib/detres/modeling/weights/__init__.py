@@ -1,0 +1,25 @@
+"""Weights: reading files, mapping keys, the loading policy and class metadata, in one place.
+
+* :mod:`~detres.modeling.weights.core`: :func:`read_weights`, :func:`load_weights` (policies
+  ``strict`` / ``trunk`` / ``partial``), :func:`load_pretrained` (the config's weights into a
+  built model), :class:`WeightsError`;
+* :mod:`~detres.modeling.weights.torchvision`: torchvision's ``fasterrcnn_resnet50_fpn``
+  weights as a detres checkpoint.
+"""
+
+from detres.modeling.weights.core import (
+    POLICIES,
+    LoadReport,
+    Weights,
+    WeightsError,
+    load_model_state,
+    load_pretrained,
+    load_weights,
+    read_weights,
+    weights_from_dict,
+)
+
+__all__ = [
+    "POLICIES", "LoadReport", "Weights", "WeightsError", "load_model_state", "load_pretrained",
+    "load_weights", "read_weights", "weights_from_dict",
+]
