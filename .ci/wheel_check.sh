@@ -25,7 +25,7 @@ detres train --cfg demo.yaml --out-dir runs/demo data.num_workers=0 train.amp=no
   train.eval_period=0 train.checkpoint_period=0 train.log_period=2
 detres eval --cfg runs/demo/config.yaml --weights runs/demo/model_final.pth data.num_workers=0 \
   --out runs/demo/eval.json
-img="$(find data/demo_det -name '*.jpg' | sort | head -1)"
+img="$(find data/demo_det -type f \( -name '*.jpg' -o -name '*.png' \) -print -quit)"
 python -m detres predict --cfg runs/demo/config.yaml --weights runs/demo/model_final.pth \
   --input "$img" --out runs/demo/pred --score-thresh 0.0
 test -f runs/demo/eval.json

@@ -71,13 +71,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory, tiny_detector: Callable[.
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_export_gives_pytorch_detections(name: str, exported: dict) -> None:
     model, path, report = exported[name]
-    assert report["check"]["ok"] and report["check"]["ref"] >= 5, report["check"]
+    check = report["check"]
+    assert check["ok"] and check["detections"]["ref"] >= 5, check
+    assert "raw tensors" in check["compared"] and "IoU >= 0.99" in check["compared"]
+    assert check["box_head"]["rois"] > 0
+    for part in ("rpn", "box_head"):  # fp32 drift only: far below the limit
+        assert all(v <= 1e-4 for k, v in check[part].items() if k != "rois"), check
     onnx.checker.check_model(str(path))
     runtime = OnnxDetector(path)
     batch = images()
     ref, got = model.predict(batch), runtime.predict(batch)  # the batch of two
     cmp = compare_detections(flat(ref), flat(got))
     assert cmp["ok"] and cmp["ref"] >= 5, cmp
+    assert cmp["paired"] == cmp["ref"] == cmp["got"], cmp  # on this CPU, all of them
     for one in batch:  # one image at a time: another batch size, other padded sizes
         cmp = compare_detections(flat(model.predict([one])), flat(runtime.predict([one])))
         assert cmp["ok"], cmp
@@ -113,7 +119,7 @@ def test_fixed_shape_graph_without_detections(tmp_path: Path,
     path = tmp_path / "fixed.onnx"
     report = export_onnx(model, path, dynamic=False, batch=2)
     assert report["fixed"] == {"batch": 2, "height": 128, "width": 128}
-    assert report["check"]["ok"] and report["check"]["ref"] == 0
+    assert report["check"]["ok"] and report["check"]["detections"]["ref"] == 0
     runtime = OnnxDetector(path)
     x = torch.rand(2, 3, 128, 128)
     boxes, scores, labels, index = runtime.run(x, torch.tensor([[128, 128], [96, 100]]))
@@ -157,3 +163,56 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, exported: dict,
     with pytest.raises(ExportError, match="cannot translate the detector: .*grouped_nms"):
         export_onnx(model, tmp_path / "y.onnx")
     assert not (tmp_path / "y.onnx").exists()
+
+
+def _wrong_nms() -> Callable[..., object]:
+    """``detres::grouped_nms`` translated with the wrong IoU threshold (a tenth)."""
+    good = export_module._grouped_nms_onnx()
+
+    def grouped_nms(boxes, scores, idxs, iou_threshold: float):  # noqa: ANN001, ANN202
+        return good(boxes, scores, idxs, iou_threshold * 0.1)
+
+    return grouped_nms
+
+
+def _wrong_roi_pool() -> Callable[..., object]:
+    """``torchvision::roi_pool`` translated at twice the spatial scale."""
+    from onnxscript import opset18 as op
+
+    def roi_pool(input, rois, spatial_scale: float, pooled_height: int,  # noqa: ANN001, ANN202
+                 pooled_width: int):
+        out = op.MaxRoiPool(input, rois, pooled_shape=[pooled_height, pooled_width],
+                            spatial_scale=spatial_scale * 2)
+        return out, op.Cast(out, to=7)
+
+    return roi_pool
+
+
+@pytest.mark.parametrize("wrong, caught_by", [(_wrong_nms, "detections"),
+                                              (_wrong_roi_pool, "box_head")])
+def test_a_wrong_translation_fails_the_check(wrong: Callable[[], object], caught_by: str,
+                                             tmp_path: Path, exported: dict,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check tells a wrong translation from fp32 drift: a wrong NMS fails the detections,
+    a wrong RoI pooling the box head's raw outputs; nothing is written either way."""
+    model = exported["c4_roipool"][0]
+    real = export_module._translations
+    op = (torch.ops.detres.grouped_nms.default if wrong is _wrong_nms
+          else torch.ops.torchvision.roi_pool.default)
+    monkeypatch.setattr(export_module, "_translations", lambda: {**real(), op: wrong()})
+    seen = {}
+    check = export_module.check_export
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.update(check(*args, **kwargs))
+        return seen
+
+    monkeypatch.setattr(export_module, "check_export", spy)
+    with pytest.raises(ExportError, match="disagrees with PyTorch.*RPN logits"):
+        export_onnx(model, tmp_path / "wrong.onnx")
+    assert not (tmp_path / "wrong.onnx").exists() and not list(tmp_path.iterdir())
+    assert seen["rpn"]["objectness_logits"] <= 1e-4  # the trunk and RPN were translated well
+    if caught_by == "detections":
+        assert not seen["detections"]["ok"], seen
+    else:
+        assert seen["box_head"]["pred_class_logits"] > 1e-2, seen

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from detres.config import load_config
 from detres.engine.launch import add_debug_flag, run_cli
-from detres.export import OPSETS, export_onnx
+from detres.export import OPSETS, describe_check, export_onnx
 from detres.modeling import build_detector, load_weights, resolve_weights
 from detres.utils.errors import InputError
 
@@ -73,9 +73,8 @@ def run(args: argparse.Namespace) -> int:
           f"{', '.join(meta['class_names'][:8])}{' ...' if meta['num_classes'] > 8 else ''}")
     c = report.get("check")
     if c:
-        print(f"  onnxruntime vs PyTorch on the export inputs: {c['ref']} detections, "
-              f"{c['matched']:.0%} matched, boxes within {c['max_box_diff']:.2g} px, "
-              f"scores within {c['max_score_diff']:.2g}")
+        print(f"  checked, onnxruntime vs PyTorch on the export inputs: {c['compared']}")
+        print(f"  {describe_check(c)}")
     return 0
 
 

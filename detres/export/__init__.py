@@ -21,8 +21,8 @@ from detres.export.format import (
     OnnxModelError,
     compare_detections,
 )
-from detres.export.onnx import DetectorGraph, export_onnx, onnx_metadata
+from detres.export.onnx import DetectorGraph, describe_check, export_onnx, onnx_metadata
 from detres.export.runtime import OnnxDetector
 
 __all__ = ["EXPORT_FORMAT", "OPSETS", "DetectorGraph", "ExportError", "OnnxDetector",
-           "OnnxModelError", "compare_detections", "export_onnx", "onnx_metadata"]
+           "OnnxModelError", "compare_detections", "describe_check", "export_onnx", "onnx_metadata"]

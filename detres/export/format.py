@@ -24,11 +24,17 @@ OUTPUT_NAMES = ("boxes", "scores", "labels", "batch_index")
 IDENTITY_KEYS = ("arch", "backbone.name", "num_classes", "input.min_size_test",
                  "input.max_size_test", "input.resize_rule", "input.size_divisibility",
                  "input.format", "input.pixel_range", "input.pixel_mean", "input.pixel_std")
-#: parity of an export: boxes within ``BOX_TOL`` pixels plus ``BOX_RTOL`` of the coordinate
-#: (fp32 convolutions accumulate in another order in onnxruntime and differ by ~1e-6 relative
-#: after a ResNet; 1.2e-3 px on a 250 px coordinate was seen on an Intel Xeon, where an AMD
-#: EPYC stayed within 1e-3 px), scores within ``SCORE_TOL``
-BOX_TOL, BOX_RTOL, SCORE_TOL = 1e-3, 1e-5, 1e-4
+#: extra outputs of the graph the export checks (``FasterRCNN.detect(probes=True)``), removed
+#: from the file written
+PROBE_NAMES = ("rpn_logits", "rpn_deltas", "rois", "box_logits", "box_deltas")
+#: parity of an export. fp32 kernels differ between onnxruntime and PyTorch and between CPUs
+#: (another convolution algorithm, another order of summation: ~1e-6 relative after a ResNet),
+#: and near a threshold such a difference moves a box across an NMS or top-k decision, so an
+#: exact match of the final detections is not a property of a correct translation. The check:
+#: the raw tensors before any selection within ``RAW_RTOL`` (norm of the difference over the
+#: norm); the detections paired one to one by image, label, IoU >= ``MATCH_IOU`` and score
+#: within ``SCORE_TOL``, with at most ``UNMATCHED`` of either side (and at least one) unpaired.
+RAW_RTOL, MATCH_IOU, SCORE_TOL, UNMATCHED = 1e-3, 0.99, 1e-3, 0.05
 
 
 class ExportError(InputError):
@@ -49,31 +55,46 @@ def require(name: str) -> ModuleType:
 
 
 def compare_detections(ref: tuple[Tensor, ...], got: tuple[Tensor, ...], *,
-                       box_tol: float = BOX_TOL, box_rtol: float = BOX_RTOL,
-                       score_tol: float = SCORE_TOL) -> dict[str, Any]:
-    """Two flat detection sets ``(boxes, scores, labels, batch_index)``: each reference
-    detection is paired with the detection of the same image and label that overlaps it
-    most. ``ok`` when the counts are equal and every pair is within ``box_tol`` pixels plus
-    ``box_rtol`` times the coordinate, and within ``score_tol``."""
+                       min_iou: float = MATCH_IOU, score_tol: float = SCORE_TOL,
+                       unmatched: float = UNMATCHED) -> dict[str, Any]:
+    """Two flat detection sets ``(boxes, scores, labels, batch_index)``, paired greedily one to
+    one in decreasing reference score: a pair has the same image and label, IoU >= ``min_iou``
+    and scores within ``score_tol``. ``ok`` when at most ``unmatched`` of each side (and at
+    least one detection) stays unpaired. Also reports the largest box and score differences
+    among the pairs."""
     rb, rs, rl, ri = (torch.as_tensor(t).cpu() for t in ref[:4])
     gb, gs, gl, gi = (torch.as_tensor(t).cpu() for t in got[:4])
-    out: dict[str, Any] = {"ref": len(rb), "got": len(gb), "max_box_diff": 0.0,
-                           "max_score_diff": 0.0, "matched": 1.0}
-    if len(rb) and len(gb):
-        ov = box_iou(rb.float(), gb.float())
-        ov[(rl[:, None] != gl[None, :]) | (ri[:, None] != gi[None, :])] = -1
-        best, j = ov.max(dim=1)
-        diff = (rb.float() - gb[j].float()).abs()
-        box = diff.amax(dim=1)
-        within = (diff <= box_tol + box_rtol * rb.float().abs()).all(dim=1)
-        score = (rs.float() - gs[j].float()).abs()
-        good = (best > 0) & within & (score <= score_tol)
-        out.update(matched=float(good.float().mean()), max_box_diff=float(box.max()),
-                   max_score_diff=float(score.max()))
-    elif len(rb) != len(gb):
-        out["matched"] = 0.0
-    out["ok"] = out["ref"] == out["got"] and out["matched"] == 1.0
+    n_ref, n_got = len(rb), len(gb)
+    out: dict[str, Any] = {"ref": n_ref, "got": n_got, "paired": 0, "max_box_diff": 0.0,
+                           "max_score_diff": 0.0}
+    if n_ref and n_got:
+        ok = box_iou(rb.float(), gb.float()) >= min_iou
+        ok &= (rl[:, None] == gl[None, :]) & (ri[:, None] == gi[None, :])
+        ok &= (rs.float()[:, None] - gs.float()[None, :]).abs() <= score_tol
+        free = torch.ones(n_got, dtype=torch.bool)
+        pairs = []
+        for i in torch.argsort(rs.float(), descending=True).tolist():
+            cand = torch.nonzero(ok[i] & free).flatten()
+            if len(cand):
+                j = int(cand[torch.argmin((gs[cand].float() - rs[i].float()).abs())])
+                free[j] = False
+                pairs.append((i, j))
+        if pairs:
+            i, j = (torch.tensor(v) for v in zip(*pairs, strict=True))
+            out.update(paired=len(pairs),
+                       max_box_diff=float((rb[i].float() - gb[j].float()).abs().max()),
+                       max_score_diff=float((rs[i].float() - gs[j].float()).abs().max()))
+    allowed = max(1, int(unmatched * max(n_ref, n_got)))
+    out["ok"] = max(n_ref, n_got) - out["paired"] <= allowed
     return out
+
+
+def relative_difference(ref: Tensor, got: Tensor) -> float:
+    """``||got - ref|| / ||ref||`` (fp64), inf when the shapes differ."""
+    ref, got = torch.as_tensor(ref).double().cpu(), torch.as_tensor(got).double().cpu()
+    if ref.shape != got.shape:
+        return float("inf")
+    return float((got - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -27,7 +27,8 @@ group (image x level in the RPN, image x class in the box head): no coordinate o
 float32 rounding of offset boxes. Opsets 18 to 21: the exporter's torchvision ops need 18,
 and onnxruntime implements no ``RoiAlign`` of opset 22. The file's metadata
 (:func:`onnx_metadata`) carries what a user needs to run it; after writing, the file is run
-in onnxruntime on the export inputs and compared with PyTorch.
+in onnxruntime on the export inputs and compared with PyTorch, from the raw tensors before
+any selection to the final detections (:func:`check_export`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,16 @@ from detres.export.format import (
     EXPORT_FORMAT,
     IDENTITY_KEYS,
     INPUT_NAMES,
+    MATCH_IOU,
     OPSETS,
     OUTPUT_NAMES,
+    PROBE_NAMES,
+    RAW_RTOL,
+    SCORE_TOL,
+    UNMATCHED,
     ExportError,
     compare_detections,
+    relative_difference,
     require,
 )
 from detres.export.runtime import OnnxDetector
@@ -62,13 +69,14 @@ class DetectorGraph(nn.Module):
     """The exported computation: ``(images, image_sizes) -> (boxes, scores, labels,
     batch_index)`` (see the module docstring)."""
 
-    def __init__(self, model: FasterRCNN) -> None:
+    def __init__(self, model: FasterRCNN, *, probes: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.probes = probes  # also the raw tensors the check compares (PROBE_NAMES)
 
-    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, ...]:
         m = self.model
-        return m.detect(m.normalize(images, image_sizes), image_sizes)
+        return m.detect(m.normalize(images, image_sizes), image_sizes, probes=self.probes)
 
 
 def fixed_side(model: FasterRCNN) -> int:
@@ -199,7 +207,7 @@ def _translations() -> dict[Any, Any]:
             torch.ops.torchvision.roi_pool.default: _roi_pool_onnx()}
 
 
-def export_program(model: FasterRCNN, *, dynamic: bool, batch: int
+def export_program(model: FasterRCNN, *, dynamic: bool, batch: int, probes: bool = False
                    ) -> tuple[torch.export.ExportedProgram, tuple[Tensor, Tensor]]:
     """``torch.export`` of :class:`DetectorGraph` and the inputs it was traced with."""
     from torch.export import Dim
@@ -218,7 +226,7 @@ def export_program(model: FasterRCNN, *, dynamic: bool, batch: int
         side = fixed_side(model)
         inputs = example_inputs(model, batch, (side, side))
         shapes = None
-    graph = DetectorGraph(model).eval()
+    graph = DetectorGraph(model, probes=probes).eval()
     with torch.no_grad(), reference_ops():
         try:
             program = torch.export.export(graph, inputs, dynamic_shapes=shapes, strict=False)
@@ -231,8 +239,8 @@ def export_onnx(model: FasterRCNN, path: str | os.PathLike[str], *, opset: int =
                 dynamic: bool = True, batch: int = 1, check: bool = True) -> dict[str, Any]:
     """Write ``model`` (a float32 CPU copy in eval mode) as an ONNX file at ``path``
     (atomically) and, with ``check``, run it in onnxruntime on the export inputs and compare
-    with PyTorch (:func:`compare_detections`; a mismatch is an :class:`ExportError` and no file
-    is left).
+    with PyTorch (:func:`check_export`: the graph is exported with probe outputs, checked, and
+    written without them; a mismatch is an :class:`ExportError` and no file is left).
     Returns a report: the path, opset, shapes, metadata and the comparison."""
     if opset not in OPSETS:
         raise ExportError(f"--opset {opset} is not supported: detres exports opsets "
@@ -248,11 +256,12 @@ def export_onnx(model: FasterRCNN, path: str | os.PathLike[str], *, opset: int =
     translation = _translations()
     # a copy on the CPU, float32, contiguous: the caller's model is left as it is
     model = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
-    program, inputs = export_program(model, dynamic=dynamic, batch=batch)
+    program, inputs = export_program(model, dynamic=dynamic, batch=batch, probes=check)
+    names = list(OUTPUT_NAMES) + (list(PROBE_NAMES) if check else [])
     try:
         onnx_program = torch.onnx.export(
             program, dynamo=True, opset_version=opset, input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES), custom_translation_table=translation,
+            output_names=names, custom_translation_table=translation,
             optimize=True, verbose=False)
     except Exception as e:
         raise ExportError(f"the ONNX exporter cannot translate the detector: {_cause(e)}") from e
@@ -264,27 +273,90 @@ def export_onnx(model: FasterRCNN, path: str | os.PathLike[str], *, opset: int =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    onnx_program.save(str(tmp))
-    os.replace(tmp, path)
     report: dict[str, Any] = {"path": str(path), "opset": opset, "dynamic": dynamic,
-                              "fixed": fixed, "bytes": path.stat().st_size, "metadata": meta}
-    if check:
-        report["check"] = check_export(path, model, inputs)
-        if not report["check"]["ok"]:
-            path.unlink()
-            raise ExportError(f"the exported graph disagrees with PyTorch on the export "
-                              f"inputs: {report['check']}; nothing written")
+                              "fixed": fixed, "metadata": meta}
+    try:
+        if check:  # run the graph with its probes, then write it without them
+            onnx_program.save(str(tmp))
+            report["check"] = check_export(tmp, model, inputs)
+            probed = report["check"].pop("outputs")
+            _drop_probes(onnx_program)
+            onnx_program.save(str(tmp))
+            final = OnnxDetector(tmp).run(*inputs)
+            if not all(torch.equal(a, b) for a, b in zip(final, probed, strict=True)):
+                raise ExportError("removing the check's probe outputs changed the graph's "
+                                  "detections; nothing written")
+            if not report["check"]["ok"]:
+                raise ExportError(f"the exported graph disagrees with PyTorch on the export "
+                                  f"inputs: {describe_check(report['check'])}; nothing written")
+        else:
+            onnx_program.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report["bytes"] = path.stat().st_size
     return report
+
+
+def _drop_probes(onnx_program: Any) -> None:
+    """Remove the :data:`PROBE_NAMES` outputs and what only they computed."""
+    passes = require("onnx_ir.passes.common")
+    graph = onnx_program.model.graph
+    keep = [v for v in graph.outputs if v.name in OUTPUT_NAMES]
+    graph.outputs.clear()
+    graph.outputs.extend(keep)
+    passes.RemoveUnusedNodesPass()(onnx_program.model)
 
 
 @torch.no_grad()
 def check_export(path: str | os.PathLike[str], model: FasterRCNN,
                  inputs: tuple[Tensor, Tensor]) -> dict[str, Any]:
-    """onnxruntime vs PyTorch (``FasterRCNN.detect``, the fast kernels) on ``inputs``."""
-    got = OnnxDetector(path).run(*inputs)
+    """onnxruntime vs PyTorch on ``inputs``, on a graph exported with its probes, in three
+    steps from raw to final, so that fp32 drift between kernels is told from a wrong
+    translation (:data:`~detres.export.format.RAW_RTOL` and the rest):
+
+    1. ``rpn``: objectness logits and box deltas of every anchor (backbone, neck, RPN head);
+    2. ``box_head``: class logits and box deltas of the RoIs onnxruntime proposed, PyTorch
+       run on the same RoIs (RoI pooling, box head, predictor), so that a proposal moved
+       across the RPN's NMS or top-k changes nothing here;
+    3. ``detections``: the final sets paired by IoU and score
+       (:func:`~detres.export.format.compare_detections`): decoding, thresholds, NMS.
+
+    Returns the report, with ``ok`` and the graph's four outputs under ``outputs``."""
+    ort = require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    run = session.run(names, {"images": inputs[0].numpy(), "image_sizes": inputs[1].numpy()})
+    got = {k: torch.from_numpy(v) for k, v in zip(names, run, strict=True)}
     model.eval()
     # like with like: the graph is float32, so is the PyTorch side, whatever autocast the
     # caller runs under (train.amp=auto picks bf16 on a CPU with native bf16)
     with torch.autocast(model.device.type, enabled=False):
-        ref = model.detect(model.normalize(*inputs), inputs[1])
-    return compare_detections(ref, got)
+        x = model.normalize(*inputs)
+        ref = model.detect(x, inputs[1], probes=True)
+        feats = model.features(x)
+        head = model.roi_heads.predict_logits(feats, got["rois"], inputs[1])
+    raw = {"rpn": {"objectness_logits": relative_difference(ref[4], got["rpn_logits"]),
+                   "pred_deltas": relative_difference(ref[5], got["rpn_deltas"])},
+           "box_head": {"rois": int(len(got["rois"])),
+                        "pred_class_logits": relative_difference(head[0], got["box_logits"]),
+                        "pred_deltas": relative_difference(head[1], got["box_deltas"])}}
+    dets = compare_detections(ref[:4], tuple(got[k] for k in OUTPUT_NAMES))
+    worst = max(raw["rpn"]["objectness_logits"], raw["rpn"]["pred_deltas"],
+                raw["box_head"]["pred_class_logits"], raw["box_head"]["pred_deltas"])
+    return {"compared": (f"raw tensors (relative to their norm, <= {RAW_RTOL:g}) and detections "
+                         f"(IoU >= {MATCH_IOU:g}, score within {SCORE_TOL:g}, <= "
+                         f"{UNMATCHED:.0%} unpaired)"),
+            **raw, "detections": dets, "ok": worst <= RAW_RTOL and dets["ok"],
+            "outputs": tuple(got[k] for k in OUTPUT_NAMES)}
+
+
+def describe_check(check: dict[str, Any]) -> str:
+    """One line: each comparison and its figure."""
+    r, b, d = check["rpn"], check["box_head"], check["detections"]
+    return (f"RPN logits {r['objectness_logits']:.1e}, deltas {r['pred_deltas']:.1e}; box head "
+            f"on {b['rois']} RoIs: logits {b['pred_class_logits']:.1e}, deltas "
+            f"{b['pred_deltas']:.1e} (relative, limit {RAW_RTOL:g}); detections: "
+            f"{d['paired']} paired of {d['ref']} PyTorch / {d['got']} onnxruntime (IoU >= "
+            f"{MATCH_IOU:g}, score within {SCORE_TOL:g}), largest differences "
+            f"{d['max_box_diff']:.2g} px, score {d['max_score_diff']:.2g}")

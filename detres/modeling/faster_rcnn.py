@@ -244,16 +244,29 @@ class FasterRCNN(nn.Module, RawImagePredictor):
         return [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in zip(*parts, strict=True)]
 
     @torch.no_grad()
-    def detect(self, x: Tensor, image_sizes: list[tuple[int, int]] | Tensor
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def detect(self, x: Tensor, image_sizes: list[tuple[int, int]] | Tensor, *,
+               probes: bool = False) -> tuple[Tensor, ...]:
         """Detections on a normalized batch, flat (what ``detres.export`` exports): ``boxes
         (D, 4)`` in resized-image pixels, ``scores (D,)``, ``labels (D,)`` in 1..K and the
-        ``(D,)`` image index, grouped by image and by decreasing score within each."""
+        ``(D,)`` image index, grouped by image and by decreasing score within each.
+
+        ``probes``: then also the raw tensors before each selection, for the export check:
+        the RPN's ``objectness_logits (N, T)`` and ``pred_deltas (N, T, 4)`` over all T
+        anchors, the ``rois (R, 5)`` it proposed, and the box head's ``pred_class_logits
+        (R, K + 1)`` and ``pred_deltas (R, 4K)`` on them (no box refinement)."""
         feats = self.features(x)
         out = self.rpn([feats[k] for k in self.rpn_features], tuple(x.shape[-2:]))
         boxes, image_index = self.rpn.select_proposals(out, image_sizes, training=False)
         rois = rois_from_flat(boxes, image_index)
-        return self.roi_heads.detect(feats, rois, image_sizes, x.shape[0])
+        if not probes:
+            return self.roi_heads.detect(feats, rois, image_sizes, x.shape[0])
+        if self.roi_heads.box_refinement:
+            raise ValueError("detect(probes=True) has no box refinement")
+        logits, deltas = self.roi_heads.predict_logits(feats, rois, image_sizes)
+        det = self.roi_heads.detect(feats, rois, image_sizes, x.shape[0],
+                                    logits_fn=lambda r: (logits, deltas))
+        return (*det, torch.cat(out.objectness_logits, dim=1), torch.cat(out.pred_deltas, dim=1),
+                rois, logits, deltas)
 
     def inference(
         self, images: Tensor, image_sizes: Sequence[Any] | Tensor

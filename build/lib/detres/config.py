@@ -1,9 +1,10 @@
 """Typed configuration: dataclasses are the schema and the defaults, YAML files only override.
 
-``load_config("coco_r101.yaml", ["solver.base_lr=0.01"])`` finds the file (a path, or a name
-of a config shipped in the package, ``detres/configs``, from any folder), follows ``_base_`` inheritance, merges through OmegaConf's structured
-configs (so an unknown key or a wrong type fails with the full key path), applies
-``key=value`` overrides and returns a :class:`Config` dataclass.
+``load_config("coco_r101.yaml", ["solver.base_lr=0.01"])`` finds the file (a path, or the name
+of a config shipped in the package, ``detres/configs``, from any folder), follows ``_base_``
+inheritance, merges through OmegaConf's structured configs (so an unknown key or a wrong type
+fails with the full key path), applies ``key=value`` overrides and returns a :class:`Config`
+dataclass.
 
 Defaults follow the published references (Detectron2's C4 settings, torchvision's Faster
 R-CNN, the paper's ImageNet recipe) so experiment files stay short.

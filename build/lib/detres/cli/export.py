@@ -26,7 +26,7 @@ from pathlib import Path
 from detres.config import load_config
 from detres.engine.launch import add_debug_flag, run_cli
 from detres.export import OPSETS, export_onnx
-from detres.modeling import build_detector, load_weights
+from detres.modeling import build_detector, load_weights, resolve_weights
 from detres.utils.errors import InputError
 
 
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                          "passes of the PyTorch detector and do not export; export with "
                          f"{key}=false")
     model = build_detector(cfg)
-    load_weights(model, args.weights, policy="strict")  # a checkpoint of another model: error
+    # a name or URL is fetched; a checkpoint of another model is an error
+    load_weights(model, resolve_weights(args.weights, cfg.model), policy="strict")
     t0 = time.perf_counter()
     report = export_onnx(model, args.out, opset=args.opset, dynamic=args.dynamic,
                          batch=args.batch, check=not args.no_check)

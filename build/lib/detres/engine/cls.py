@@ -23,7 +23,13 @@ from detres.data.cls_loader import (
 from detres.engine.launch import Run
 from detres.engine.trainer import Trainer
 from detres.evaluation import EVALUATORS
-from detres.modeling import build_backbone, load_pretrained, load_weights, read_weights
+from detres.modeling import (
+    build_backbone,
+    load_pretrained,
+    load_weights,
+    read_weights,
+    resolve_weights,
+)
 from detres.modeling.weights.core import input_spec
 from detres.utils.device import autocast_context
 from detres.utils.dist import is_dist
@@ -77,7 +83,7 @@ def pretrain(run: Run, resume: str | None = None, eval_only: bool = False) -> di
             raise InputError("--eval-only needs model.weights=CHECKPOINT")
         # the head the checkpoint has (ImageNet's 1000 classes, which the val set's labels
         # index into), else the val set's
-        weights = read_weights(cfg.model.weights)
+        weights = read_weights(resolve_weights(cfg.model.weights, cfg.model))
         head = [v for k, v in weights.state.items() if k in ("fc.weight", "classifier.6.weight")]
         model = build_backbone(cfg.model.backbone,
                                num_classes=int(head[0].shape[0]) if head else len(val_ds.classes))

@@ -22,7 +22,7 @@ from detres.config import Config
 from detres.data.det_transforms import image_tensor
 from detres.data.image_io import load_image
 from detres.export import OnnxDetector
-from detres.modeling import FasterRCNN, build_detector, load_weights
+from detres.modeling import FasterRCNN, build_detector, load_weights, resolve_weights
 from detres.modeling.test_time import TestTimeDetector, with_test_time
 from detres.utils.device import autocast_context
 
@@ -176,7 +176,7 @@ def build_predictor(cfg: Config, weights: str | Path, device: torch.device
     """The detector of ``cfg`` with all its weights (strictly) and class names from
     ``weights``; wrapped for TTA or multi-scale testing when ``evaluation`` switches one on."""
     model = build_detector(cfg)
-    load_weights(model, weights, policy="strict")
+    load_weights(model, resolve_weights(str(weights), cfg.model), policy="strict")
     model = model.to(device).eval()
     if cfg.train.channels_last:  # NHWC convolutions: faster on CPU (oneDNN) and tensor cores
         model = model.to(memory_format=torch.channels_last)

@@ -22,7 +22,13 @@ from detres.modeling.backbones import (
     build_by_name,
 )
 from detres.modeling.faster_rcnn import FasterRCNN, build_detector
-from detres.modeling.weights import WeightsError, load_pretrained, load_weights, read_weights
+from detres.modeling.weights import (
+    WeightsError,
+    load_pretrained,
+    load_weights,
+    read_weights,
+    resolve_weights,
+)
 
 
 def list_backbones() -> list[str]:
@@ -50,4 +56,5 @@ __all__ = [
     "load_pretrained",
     "load_weights",
     "read_weights",
+    "resolve_weights",
 ]

@@ -2,7 +2,8 @@
 
 Every weight file detres reads goes through here: torchvision weight files, ``pretrain_cls.py``
 and ``train_det.py`` checkpoints, converted detector checkpoints. Builders never read files;
-:func:`load_pretrained` is the one explicit step that puts a config's weights into a model.
+:func:`~detres.modeling.weights.hub.load_pretrained` is the one explicit step that puts a
+config's weights into a model.
 
 **Reading** (:func:`read_weights`): ``torch.load(..., weights_only=True)``; a detres checkpoint
 ``{"model": state, "config": {...}, "meta": {...}}``, a ``{"state_dict": ...}`` file or a bare
@@ -46,7 +47,6 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from detres.config import ModelCfg
 from detres.modeling.backbones import BACKBONES, builder_options
 from detres.modeling.faster_rcnn import FasterRCNN
 from detres.utils.errors import InputError
@@ -322,22 +322,6 @@ def load_model_state(model: nn.Module, state: Mapping[str, Tensor], *, source: s
     """Strictly load an in-memory state dict (the ``--resume`` path); errors name ``source``."""
     load_weights(model, Weights(source=f"checkpoint {source!r}", state=dict(state)),
                  policy="strict")
-
-
-def load_pretrained(model: nn.Module, model_cfg: ModelCfg, *,
-                    finetune: bool = False) -> LoadReport | None:
-    """The weights a config names, into a freshly built model: ``model.weights`` (the whole
-    model: strict, or with the ``trunk`` policy when ``finetune``, i.e. training may change
-    the class count), else ``model.backbone.weights`` (a classification trunk, ``trunk``
-    policy). Nothing to load: None."""
-    expect = input_spec(model_cfg.input)
-    if model_cfg.weights:
-        return load_weights(model, model_cfg.weights, policy="trunk" if finetune else "strict",
-                            expect_input=expect)
-    if model_cfg.backbone.weights:
-        return load_weights(model, model_cfg.backbone.weights, policy="trunk",
-                            expect_input=expect)
-    return None
 
 
 # ---------------------------------------------------------------------- variant check
