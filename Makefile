@@ -1,4 +1,4 @@
-# Two entry points for a fresh clone: `make demo` and `make test`.
+# Entry points for a fresh clone: `make demo` and `make test` (also docs, wheel-check).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,export]'
+	$(BIN)/pip install -q -e '.[test,export,docs]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -27,7 +27,13 @@ test: venv  ## the test suite (CPU, no network; the longer `slow` runs are left 
 test-all: venv  ## every test, the slow end-to-end runs included
 	$(BIN)/python -m pytest -q
 
+docs: venv  ## the docs site into site/ (warnings are errors)
+	$(BIN)/mkdocs build --strict -q
+
+wheel-check: venv  ## the wheel in a fresh venv, from an empty folder: train and score the demo
+	PY=$(PY) bash .ci/wheel_check.sh
+
 lint: venv
 	$(BIN)/ruff check detres tools tests
 
-.PHONY: venv demo demo-cls test test-all lint
+.PHONY: venv demo demo-cls test test-all docs wheel-check lint
