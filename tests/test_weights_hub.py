@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision.models import ResNet18_Weights, ResNet50_Weights
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from detres.config import load_config
 from detres.modeling import build_backbone, build_detector, load_pretrained, load_weights
-from detres.modeling.weights import WeightsError, weights_from_dict
+from detres.modeling.weights import WeightsError, hub, weights_from_dict
 from detres.modeling.weights.hub import cache_dir, locate, resolve_weights
+from detres.modeling.weights.torchvision import torchvision_frcnn_checkpoint
 from detres.modeling.weights.zoo import detectron2_checkpoint, msra_checkpoint
 from detres.utils.download import hash_from_name
 
@@ -206,3 +208,23 @@ def test_detectron2_zoo_detector_by_name(server: Server, monkeypatch: pytest.Mon
 def test_paper_config_keeps_pretrain_cls_trunk() -> None:
     assert load_config("coco_r101.yaml").model.backbone.weights == (
         "output/imagenet_resnet101/model_final.pth")
+
+
+def test_torchvision_detector_file_is_converted_on_the_fly(server: Server) -> None:
+    """torchvision's fasterrcnn_resnet50_fpn state dict (random weights, full size) by URL:
+    recognized by its names, converted for coco_r50_fpn.yaml, cached beside the download; the
+    torchvision enum's own kind takes the same converter."""
+    torch.manual_seed(0)
+    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    torch.save(tv.state_dict(), server.root / "fasterrcnn_resnet50_fpn_coco.pth")
+    cfg = load_config("coco_r50_fpn.yaml",
+                      [f"model.weights={server.url}/fasterrcnn_resnet50_fpn_coco.pth"])
+    model = build_detector(cfg)
+    load_pretrained(model, cfg.model)  # strict
+    want = torchvision_frcnn_checkpoint(tv.state_dict(), cfg)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in want.items())
+    raw = cache_dir() / "fasterrcnn_resnet50_fpn_coco.pth"
+    converted = hub._converted(raw, "FasterRCNN_ResNet50_FPN_Weights", cfg.model)
+    assert converted.parent == raw.parent and converted.name.startswith(
+        "fasterrcnn_resnet50_fpn_coco.detres-")
+    assert len(list(cache_dir().iterdir())) == 2  # the download and one converted copy
