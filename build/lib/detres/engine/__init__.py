@@ -1,1 +1,0 @@
-"""Training engine shared by the classification pretrainer and the detection trainer."""
