@@ -170,6 +170,9 @@ class DatasetCfg:
     # VOC class names in label order; [] reads classes.txt, else the names used in the
     # annotations (sorted), recorded here in OUT/config.yaml by the trainer
     classes: list[str] = field(default_factory=list)
+    # image files left out of this set (data.bad_images=skip records the ones it left out here,
+    # in OUT/config.yaml, so that evaluating that config leaves out the same files)
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -198,6 +201,10 @@ class DataCfg:
     use_difficult: bool = False  # VOC: keep difficult objects for training
     # Detection: a box partly outside its image is clipped (with a warning); true: an error.
     strict_boxes: bool = False
+    # Detection: image files that cannot be used (missing, empty, undecodable, another size
+    # than the annotation's), found by the check before iteration 0: "error" (one message
+    # naming all of them, exit code 2) | "skip" (left out, logged, recorded in .exclude)
+    bad_images: str = "error"
     cls_aug: ClsAugCfg = field(default_factory=ClsAugCfg)
 
 
@@ -409,6 +416,7 @@ _CHOICES = {
     "train.amp": ("auto", "none", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "data.cls_aug.kind": ("imagenet", "cifar", "none"),
+    "data.bad_images": ("error", "skip"),
     "evaluation.coco_backend": ("auto", "faster_coco_eval", "pycocotools"),
     "evaluation.amp": ("none", "auto", "bf16", "fp16"),
 }

@@ -476,6 +476,7 @@ def test_train_loader_checks(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     cfg.data.train = [DatasetCfg(format="coco", path="instances.json", images="."),
                       DatasetCfg(format="voc", path=str(_voc(tmp_path)), split="trainval")]
+    cfg.data.bad_images = "skip"  # the VOC fixture has annotations only
     with pytest.raises(ValueError, match="different class lists"):
         build_det_train_loader(cfg, 2)
 

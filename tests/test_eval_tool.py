@@ -155,7 +155,7 @@ def test_voc_mode_bad_json_and_xml(tmp_path: Path, capsys: pytest.CaptureFixture
         assert rc == 2 and re.search(msg, err), err
     (voc / "Annotations" / "000002.xml").write_text("<annotation><object>")
     rc, _, err = run(capsys, "--voc-root", voc, "--results", j)
-    assert rc == 2 and "000002.xml" in err and "cannot read VOC annotation" in err
+    assert rc == 2 and "000002.xml" in err and "malformed XML" in err
 
 
 def test_voc_mode_empty_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ PACKAGE = REPO / "detres"
 FLOORS: dict[str, int] = {
     "utils": 0,
     "config": 1, "registry": 1, "preprocess": 1, "__init__": 1,
+    "formats": 1,  # annotation file formats read by both data/ and evaluation/
     "modeling": 2, "data": 2, "evaluation": 2,
     "engine": 3, "export": 3,
     "benchmark": 4,

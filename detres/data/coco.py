@@ -227,15 +227,26 @@ def load_coco_json(
             "difficult": torch.zeros(e - s, dtype=torch.bool),
         })
 
-    for ann in data["annotations"]:  # CVAT / Label Studio / Roboflow leave these out;
-        ann.setdefault("iscrowd", 0)  # the scorers read both
-        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
-    coco = _coco_index(data)
     logger.info("%s: %d images, %d boxes, %d classes", json_file, len(records), len(boxes),
                 len(cat_ids))
     return DetSource(name=name or str(json_file), format="coco", records=records,
-                     class_names=class_names, category_ids=cat_ids, path=json_file, coco=coco,
+                     class_names=class_names, category_ids=cat_ids, path=json_file,
+                     coco_factory=lambda src: coco_ground_truth(json_file, src.records),
                      clipped=int(clipped.sum()), dropped=int(degenerate.sum()))
+
+
+def coco_ground_truth(json_file: Path, records: list[Record]) -> COCO:
+    """The scorer's ground truth: the json file read again (only sets that are scored do
+    this), restricted to the images of ``records`` (all of them unless some were left out)."""
+    data = _read_json(json_file)
+    ids = {r["image_id"] for r in records}
+    if len(ids) != len(data["images"]):
+        data["images"] = [im for im in data["images"] if im["id"] in ids]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+    for ann in data["annotations"]:  # CVAT / Label Studio / Roboflow leave these out;
+        ann.setdefault("iscrowd", 0)  # the scorers read both
+        ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
+    return _coco_index(data)
 
 
 def _coco_index(data: dict[str, Any]) -> COCO:

@@ -27,6 +27,7 @@ from detres.data.catalog import DETECTION_FORMATS, build_source, format_of
 from detres.data.collate import make_collate
 from detres.data.det_source import DetSource, Record, concat_sources, training_records
 from detres.data.det_transforms import DetTransform, apply_det_transform, build_det_transform
+from detres.data.image_check import apply_image_check
 from detres.data.image_io import load_image
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
 from detres.data.sampling import InfiniteSampler, SeededDataset
@@ -64,8 +65,9 @@ class DetDataset(Dataset):
 
 
 def build_det_sources(cfg: Config, train: bool) -> list[DetSource]:
-    """The sources of ``data.train`` (``train=True``) or ``data.test``, in config order.
-    Catalog generators (the demo set) run here on first use."""
+    """The sources of ``data.train`` (``train=True``) or ``data.test``, in config order, each
+    image checked once (:mod:`detres.data.image_check`). Catalog generators (the demo set) run
+    here on first use."""
     sets = cfg.data.train if train else cfg.data.test
     key = "data.train" if train else "data.test"
     if not sets:
@@ -77,7 +79,8 @@ def build_det_sources(cfg: Config, train: bool) -> list[DetSource]:
         if fmt not in DETECTION_FORMATS:
             raise InputError(f"{key}[{i}] ({ds.name or ds.path!r}) is a {fmt!r} set, not a "
                              f"detection set ({' or '.join(DETECTION_FORMATS)})")
-        out.append(build_source(ds, root, strict_boxes=cfg.data.strict_boxes))
+        src = build_source(ds, root, strict_boxes=cfg.data.strict_boxes)
+        out.append(apply_image_check(src, ds, policy=cfg.data.bad_images, key=f"{key}[{i}]"))
     return out
 
 

@@ -10,8 +10,8 @@ data set's own category id ``category_ids[k - 1]``; 0 is background inside the h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,21 @@ class DetSource:
     path: Path | None = None  # COCO: the json file; VOC: the year directory (VOC2007)
     split: str = ""  # VOC image set
     year: str = ""  # VOC: "2007" / "2012" from the directory name ("" for custom sets)
-    coco: Any = None  # COCO: the pycocotools COCO object for the evaluator
+    # COCO and YOLO: builds the pycocotools ground truth of the current records, on first use
+    # of ``coco`` (only sets that are scored build one: a training set keeps no COCO object)
+    coco_factory: Callable[[DetSource], Any] | None = None
     clipped: int = 0  # boxes clipped to their image when loading
     dropped: int = 0  # boxes dropped when loading (zero area after clipping)
     classes_inferred: bool = False  # VOC: class names taken from the annotations
+    _coco: Any = field(default=None, repr=False)
+
+    @property
+    def coco(self) -> Any:
+        """The pycocotools ``COCO`` ground truth of this set's records (COCO and YOLO sets;
+        else None), built on first use."""
+        if self._coco is None and self.coco_factory is not None:
+            self._coco = self.coco_factory(self)
+        return self._coco
 
     @property
     def num_classes(self) -> int:

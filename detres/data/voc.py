@@ -34,16 +34,15 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from detres.data.catalog import DATASET_FORMATS
 from detres.data.det_source import DetSource, Record
-from detres.utils.errors import InputError
+from detres.data.image_io import header_info
+from detres.formats.voc_xml import VocAnnotation, VocFormatError, read_voc_xml
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )
-
-
-class VocFormatError(InputError):
-    """A VOC annotation file or image set that does not follow the format."""
 
 
 def to_voc_boxes(boxes: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -86,95 +81,46 @@ def read_class_names(root: Path) -> list[str] | None:
     return names
 
 
-def _text(node: ET.Element, tag: str, xml_file: Path, what: str) -> str:
-    child = node.find(tag)
-    if child is None or child.text is None or not child.text.strip():
-        raise VocFormatError(f"{xml_file}: {what} has no <{tag}>")
-    return child.text.strip()
-
-
-def _number(node: ET.Element, tag: str, xml_file: Path, what: str) -> float:
-    s = _text(node, tag, xml_file, what)
-    try:
-        return float(s)
-    except ValueError:
-        raise VocFormatError(f"{xml_file}: {what}: <{tag}> is not a number: {s!r}") from None
-
-
-def _read_xml(xml_file: Path) -> ET.Element:
-    try:
-        return ET.parse(xml_file).getroot()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"VOC annotation file {xml_file} does not exist") from None
-    except ET.ParseError as e:
-        raise VocFormatError(f"{xml_file}: malformed XML: {e}") from None
-
-
 def xml_class_names(xml_files: list[Path]) -> list[str]:
     """The class names the files' objects use, sorted."""
-    names = set()
-    for f in xml_files:
-        for k, obj in enumerate(_read_xml(f).findall("object")):
-            names.add(_text(obj, "name", f, f"object #{k}"))
-    return sorted(names)
+    return sorted({o.name for f in xml_files for o in read_voc_xml(f).objects})
 
 
 def parse_voc_xml(
     xml_file: Path, class_index: dict[str, int], *, strict_boxes: bool = False,
-    image_size: tuple[int, int] | None = None, root: ET.Element | None = None,
+    image_size: tuple[int, int] | None = None, ann: VocAnnotation | None = None,
 ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """(height, width, boxes (M, 4) 0-based continuous, labels 1..K, difficult, boxes
     clipped to the image, boxes dropped: ``xmax < xmin`` or empty after clipping) of one
-    file; ``image_size`` (h, w) when the file has no ``<size>``."""
-    root = _read_xml(xml_file) if root is None else root
-    size = root.find("size")
-    if size is None and image_size is None:
+    file (read by :func:`detres.formats.voc_xml.read_voc_xml`); ``image_size`` (h, w) when
+    the file has no usable ``<size>``."""
+    ann = read_voc_xml(xml_file) if ann is None else ann
+    if ann.size is None and image_size is None:
         raise VocFormatError(f"{xml_file}: no <size>")
-    if size is not None and (size.find("width") is not None or image_size is None):
-        w = int(_number(size, "width", xml_file, "<size>"))
-        h = int(_number(size, "height", xml_file, "<size>"))
-    else:
-        assert image_size is not None
-        h, w = image_size
-    if w <= 0 or h <= 0:
-        if image_size is None:
-            raise VocFormatError(f"{xml_file}: bad image size {w}x{h}")
-        h, w = image_size  # LabelImg writes 0x0 when it could not read the image
+    h, w = ann.size if ann.size is not None else image_size  # type: ignore[misc]
     boxes, labels, difficult = [], [], []
     n_reversed = 0
-    for k, obj in enumerate(root.findall("object")):
-        what = f"object #{k}"
-        name = _text(obj, "name", xml_file, what)
-        if name not in class_index:
+    for obj in ann.objects:
+        what = f"object #{obj.index} ({obj.name})"
+        if obj.name not in class_index:
             raise VocFormatError(
-                f"{xml_file}: {what}: unknown class {name!r}; known: {sorted(class_index)}. "
-                "The list comes from the config's data set 'classes', else classes.txt in the "
-                "set's folder (one name per line), else the names in the training "
-                "annotations (the 20 PASCAL classes for a VOC<year> folder)")
-        diff = obj.find("difficult")
-        dt = diff.text.strip() if diff is not None and diff.text else "0"
-        if dt not in ("0", "1"):
-            raise VocFormatError(f"{xml_file}: {what} ({name}): <difficult> must be 0 or 1, "
-                                 f"got {dt!r}")
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise VocFormatError(f"{xml_file}: {what} ({name}) has no <bndbox>")
-        box = [_number(bb, t, xml_file, f"{what} ({name})")
-               for t in ("xmin", "ymin", "xmax", "ymax")]
-        if not np.isfinite(box).all():
-            raise VocFormatError(f"{xml_file}: {what} ({name}): non-finite box {box}")
-        if box[2] < box[0] or box[3] < box[1]:
+                f"{xml_file}: object #{obj.index}: unknown class {obj.name!r}; known: "
+                f"{sorted(class_index)}. The list comes from the config's data set 'classes', "
+                "else classes.txt in the set's folder (one name per line), else the names in "
+                "the training annotations (the 20 PASCAL classes for a VOC<year> folder)")
+        box = list(obj.box)
+        if obj.reversed:
             if strict_boxes:
-                raise VocFormatError(f"{xml_file}: {what} ({name}): xmax < xmin or ymax < "
-                                     f"ymin in {box} (data.strict_boxes=true)")
+                raise VocFormatError(f"{xml_file}: {what}: xmax < xmin or ymax < ymin in "
+                                     f"{box} (data.strict_boxes=true)")
             n_reversed += 1
             continue
         if strict_boxes and (box[0] < 0 or box[1] < 0 or box[2] > w + 1 or box[3] > h + 1):
-            raise VocFormatError(f"{xml_file}: {what} ({name}): box {box} outside the "
+            raise VocFormatError(f"{xml_file}: {what}: box {box} outside the "
                                  f"{w}x{h} image (data.strict_boxes=true)")
-        difficult.append(dt == "1")
+        difficult.append(obj.difficult)
         boxes.append(box)
-        labels.append(class_index[name])
+        labels.append(class_index[obj.name])
     raw = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     outside = (raw[:, 0] < 0) | (raw[:, 1] < 0) | (raw[:, 2] > w + 1) | (raw[:, 3] > h + 1)
     b = from_voc_boxes(raw)
@@ -199,12 +145,8 @@ class _ImageFinder:
                     self.by_name.setdefault(f.name.lower(), f)
                     self.by_stem.setdefault(f.stem.lower(), f)
 
-    def find(self, xml_file: Path, root: ET.Element) -> Path:
-        tried = []
-        for tag in ("filename", "path"):
-            node = root.find(tag)
-            if node is not None and node.text and node.text.strip():
-                tried.append(re.split(r"[\\/]", node.text.strip())[-1])
+    def find(self, xml_file: Path, ann: VocAnnotation) -> Path:
+        tried = [re.split(r"[\\/]", t)[-1] for t in (ann.filename, ann.path) if t]
         tried.append(xml_file.stem)
         for name in tried:
             hit = self.by_name.get(name.lower()) or self.by_stem.get(Path(name).stem.lower())
@@ -214,6 +156,41 @@ class _ImageFinder:
                              f"(any case, {'/'.join(IMAGE_SUFFIXES)}) in "
                              f"{', '.join(str(d) for d in self.dirs)}; set the data set's "
                              "'images' to the folder that holds them")
+
+
+def find_xml_dir(root: Path) -> Path:
+    """The folder of a loose set's XML files: ``Annotations/``, ``annotations/``, the folder
+    itself, else its one sub-folder that holds them, whatever its name (``annots/``, ``xml/``,
+    ``labels/``); several such sub-folders, or none, is an error that names what it found and
+    the keys to write."""
+    for d in (root / "Annotations", root / "annotations", root):
+        if d.is_dir() and any(d.glob("*.xml")):
+            return d
+    if not root.is_dir():
+        raise FileNotFoundError(f"VOC set {root}: no such folder")
+    subs = sorted(d for d in root.iterdir() if d.is_dir() and any(d.glob("*.xml")))
+    if len(subs) == 1:
+        logger.info("%s: XML annotations found in %s/", root, subs[0].name)
+        return subs[0]
+    if subs:
+        names = ", ".join(f"{d.name}/ ({sum(1 for _ in d.glob('*.xml'))} files)" for d in subs)
+        raise VocFormatError(f"VOC set {root}: XML files in several sub-folders: {names}; give "
+                             f"the one to use as the set's path, e.g. {{format: voc, path: "
+                             f"{subs[0]}, images: <the images' folder>}}")
+    found = {}
+    for f in root.rglob("*"):
+        if f.suffix.lower() in (".xml", ".txt", ".json") and f.is_file():
+            found.setdefault(f.suffix.lower(), f.parent)
+    hint = ""
+    if ".xml" in found:
+        hint = (f"; XML files are in {found['.xml']}: {{format: voc, path: {found['.xml']}, "
+                f"images: <the images' folder>}}")
+    elif ".txt" in found:
+        hint = f"; .txt files are in {found['.txt']}: a YOLO set? {{format: yolo, path: {root}}}"
+    elif ".json" in found:
+        hint = f"; a .json file is in {found['.json']}: a COCO set? {{format: coco, path: <it>}}"
+    raise FileNotFoundError(f"VOC set {root}: no .xml files in Annotations/, annotations/, the "
+                            f"folder itself or one of its sub-folders{hint}")
 
 
 def split_ids(ids: list[str], split: str, val_fraction: float, seed: int, where: str
@@ -254,11 +231,7 @@ def load_voc(root: str | Path, split: str, *, name: str = "",
                 raise VocFormatError(f"VOC set {root}: 'split' (an image set such as "
                                      "trainval) is required")
             raise FileNotFoundError(f"VOC image set {ids_file} does not exist")
-        xml_dir = next((d for d in (root / "Annotations", root / "annotations", root)
-                        if d.is_dir() and any(d.glob("*.xml"))), None)
-        if xml_dir is None:
-            raise FileNotFoundError(f"VOC set {root}: no .xml files in Annotations/, "
-                                    "annotations/ or the folder itself")
+        xml_dir = find_xml_dir(root)
         by_id = {f.stem: f for f in sorted(xml_dir.glob("*.xml"))}
         ids = split_ids(sorted(by_id), split, val_fraction, split_seed, str(root))
         xmls = [by_id[i] for i in ids]
@@ -282,7 +255,7 @@ def load_voc(root: str | Path, split: str, *, name: str = "",
     clipped: list[str] = []
     n_clipped = n_dropped = 0
     for image_id, xml_file in zip(ids, xmls, strict=True):
-        tree = _read_xml(xml_file)
+        tree = read_voc_xml(xml_file)
         default = root / "JPEGImages" / f"{image_id}.jpg"
         if devkit and default.is_file():
             file = default
@@ -294,10 +267,9 @@ def load_voc(root: str | Path, split: str, *, name: str = "",
                     file = default  # read (and reported) when the image is loaded
                 else:
                     raise
-        image_size = _image_hw(file, xml_file) if _needs_image_size(tree) else None
+        image_size = _image_hw(file, xml_file) if tree.size is None else None
         h, w, boxes, labels, diff, n_out, n_empty = parse_voc_xml(
-            xml_file, class_index, strict_boxes=strict_boxes, image_size=image_size,
-            root=tree)
+            xml_file, class_index, strict_boxes=strict_boxes, image_size=image_size, ann=tree)
         if n_out or n_empty:
             clipped.append(xml_file.name)
         n_clipped, n_dropped = n_clipped + n_out, n_dropped + n_empty
@@ -326,31 +298,14 @@ def load_voc(root: str | Path, split: str, *, name: str = "",
                      classes_inferred=source == "its annotations")
 
 
-def _needs_image_size(tree: ET.Element) -> bool:
-    """No ``<size>``, or one with neither dimension, or a zero one (LabelImg's when it could
-    not read the image): the image file's header says. A partial or garbled ``<size>`` is
-    left to :func:`parse_voc_xml`, which names what is wrong."""
-    size = tree.find("size")
-    if size is None:
-        return True
-    wn, hn = size.find("width"), size.find("height")
-    if wn is None and hn is None:
-        return True
-    try:
-        return float(wn.text) <= 0 or float(hn.text) <= 0  # type: ignore[union-attr,arg-type]
-    except (AttributeError, TypeError, ValueError):
-        return False
-
-
 def _image_hw(file: Path, xml_file: Path) -> tuple[int, int]:
-    """(height, width) from an image file's header, for an XML without a usable <size>."""
+    """(height, width) from an image file's header, upright (EXIF orientation applied, as the
+    loader decodes it), for an XML without a usable <size>."""
     try:
-        with Image.open(file) as im:
-            w, h = im.size
+        return header_info(file)[1]
     except Exception as e:
         raise VocFormatError(f"{xml_file}: no <size>, and its image {file} cannot be read "
                              f"({type(e).__name__}: {e})") from None
-    return h, w
 
 
 @DATASET_FORMATS.register("voc")

@@ -203,7 +203,8 @@ def load_yolo(path: str | Path, split: str, *, name: str = "", strict_boxes: boo
     logger.info("%s (%s): %d images from %s", yaml_file, split, len(records), images)
     return DetSource(name=label, format="yolo", records=records, class_names=names,
                      category_ids=category_ids, path=yaml_file, split=split,
-                     coco=coco_from_records(records, names, category_ids),
+                     coco_factory=lambda src: coco_from_records(src.records, names,
+                                                                category_ids),
                      clipped=n_clipped, dropped=n_dropped)
 
 

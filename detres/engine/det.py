@@ -202,7 +202,10 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
         LOG.info("model.num_classes=%d -> %d (from %s)", cfg.model.num_classes,
                  train_src.num_classes, train_src.name)
         cfg.model.num_classes = train_src.num_classes
-    run.save_config()  # after the data set the class count: OUT/config.yaml builds this model
+    test_src = build_det_sources(cfg, train=False)[0]
+    # after the data set the class count and the image check its exclusions: OUT/config.yaml
+    # builds this model on these images
+    run.save_config()
     model = build_detector(cfg)
     load_pretrained(model, cfg.model, finetune=True)
     model.set_classes(train_src.class_names, train_src.category_ids)
@@ -211,7 +214,6 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = (DistributedDataParallel(model, find_unused_parameters=False)
                       if run.distributed else model)
-    test_src = build_det_sources(cfg, train=False)[0]
     LOG.info("test set %s", test_src.summary())
     _check_model_classes(model, test_src)
     # evaluations with the config's test-time switch, if any

@@ -18,7 +18,7 @@ naming the file and the line (text) or the index (JSON).
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from detres.evaluation.voc import VOC_CLASSES
+from detres.formats.voc_xml import read_voc_xml
 from detres.utils.errors import InputError
 
 #: (image index, class index, score, box) per detection.
@@ -41,29 +42,15 @@ def read_image_set(voc_root: str | Path, split: str) -> list[str]:
 
 
 def _parse_xml(path: Path) -> dict[str, Any]:
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, FileNotFoundError) as e:
-        raise InputError(f"{path}: cannot read VOC annotation: {e}") from None
-    boxes, labels, difficult = [], [], []
-    for n, obj in enumerate(root.iter("object")):
-        name = (obj.findtext("name") or "").strip()
-        box = obj.find("bndbox")
-        try:
-            if not name or box is None:
-                raise InputError("no name or no bndbox")
-            xyxy = [float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
-            diff = int((obj.findtext("difficult") or "0").strip() or 0)
-        except ValueError as e:
-            raise InputError(f"{path}: object {n} ({name or '?'}): malformed: {e}") from None
-        if not np.isfinite(xyxy).all() or xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
-            raise InputError(f"{path}: object {n} ({name}): bad box {xyxy} (missing coordinate "
-                             "or xmax < xmin / ymax < ymin)")
-        boxes.append(xyxy)
-        labels.append(name)
-        difficult.append(bool(diff))
-    return {"boxes": np.asarray(boxes, np.float64).reshape(-1, 4), "labels": labels,
-            "difficult": np.asarray(difficult, bool)}
+    """Ground truth of one file, read by the loaders' own reader
+    (:func:`detres.formats.voc_xml.read_voc_xml`, the same rules); reversed boxes are left
+    out and counted in ``reversed``."""
+    ann = read_voc_xml(path)
+    objs = [o for o in ann.objects if not o.reversed]
+    return {"boxes": np.asarray([o.box for o in objs], np.float64).reshape(-1, 4),
+            "labels": [o.name for o in objs],
+            "difficult": np.asarray([o.difficult for o in objs], bool),
+            "reversed": len(ann.objects) - len(objs)}
 
 
 def load_voc_annotations(voc_root: str | Path, split: str
@@ -71,10 +58,17 @@ def load_voc_annotations(voc_root: str | Path, split: str
     """(image ids, ground truth per image) of a VOC year directory, e.g. VOCdevkit/VOC2007.
 
     Each record: ``boxes`` (M, 4) float xyxy as in the XML, ``labels`` (class names),
-    ``difficult`` (M,) bool (a missing ``<difficult>`` tag is 0)."""
+    ``difficult`` (M,) bool (a missing ``<difficult>`` tag is 0), by the loaders' rules
+    (:mod:`detres.formats.voc_xml`): a reversed box is left out with one warning."""
     ids = read_image_set(voc_root, split)
     ann = Path(voc_root) / "Annotations"
-    return ids, [_parse_xml(ann / f"{i}.xml") for i in ids]
+    records = [_parse_xml(ann / f"{i}.xml") for i in ids]
+    bad = [i for i, r in zip(ids, records, strict=True) if r["reversed"]]
+    if bad:
+        warnings.warn(f"{ann}: left out {sum(r['reversed'] for r in records)} reversed box(es) "
+                      f"(xmax < xmin or ymax < ymin) in {len(bad)} file(s): "
+                      f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", stacklevel=2)
+    return ids, records
 
 
 def voc_class_names(voc_root: str | Path, records: Sequence[dict[str, Any]]) -> tuple[str, ...]:
