@@ -90,7 +90,7 @@ def test_ultralytics_layout_and_errors(tmp_path: Path) -> None:
         (root / "labels" / "train" / "a.txt").write_text(text + "\n")
         with pytest.raises(YoloFormatError, match=msg):
             load_yolo(root, "train")
-    with pytest.raises(FileNotFoundError, match="no image folder for split 'val'"):
+    with pytest.raises(FileNotFoundError, match="no images for split 'val'"):
         load_yolo(root, "val")
     (root / "data.yaml").write_text("nc: 3\nnames: [a, b]\n")
     with pytest.raises(YoloFormatError, match="nc is 3"):

@@ -235,3 +235,42 @@ def test_xml_folder_of_any_name_or_a_message_that_says_where(tmp_path: Path) -> 
     (yolo / "0.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     with pytest.raises(FileNotFoundError, match=r"a YOLO set\? \{format: yolo"):
         load_voc(tmp_path / "b", "")
+
+
+def roboflow_set(root: Path) -> Path:
+    """A Roboflow YOLO export as published: data.yaml with ``../`` paths written for a parent
+    folder, label folders named ``<split>-labels``."""
+    for split, n in (("train", 3), ("valid", 2), ("test", 1)):
+        for i in range(n):
+            photo(root / "data" / "images" / split / f"{split}{i}.jpg", 64, 48, seed=i)
+            lab = root / "data" / "labels" / f"{split}-labels"
+            lab.mkdir(parents=True, exist_ok=True)
+            (lab / f"{split}{i}.txt").write_text(f"{i % 3} 0.5 0.5 0.25 0.5\n")
+    (root / "data.yaml").write_text(
+        "train: ../data/images/train\nval: ../data/images/valid\ntest: ../data/images/test\n"
+        "nc: 3\nnames: ['button', 'field', 'icon']\n")
+    return root
+
+
+def test_roboflow_yolo_export_as_published(tmp_path: Path) -> None:
+    from detres.data.yolo import load_yolo
+
+    root = roboflow_set(tmp_path / "shots")
+    for split, n in (("train", 3), ("valid", 2), ("val", 2), ("test", 1)):
+        src = load_yolo(root, split)
+        assert len(src.records) == n, split
+        assert all(len(r["boxes"]) == 1 for r in src.records), split  # labels found
+    # a .txt list of images and a list of entries, as Ultralytics reads them
+    (root / "lists").mkdir()
+    (root / "lists" / "few.txt").write_text("../data/images/train/train0.jpg\n"
+                                            "../data/images/valid/valid1.jpg\n")
+    (root / "data.yaml").write_text("train: [data/images/train, data/images/test]\n"
+                                    "val: lists/few.txt\nnames: {0: a, 1: b, 2: c}\n")
+    assert len(load_yolo(root, "train").records) == 4
+    few = load_yolo(root, "val").records
+    assert [Path(r["file"]).name for r in few] == ["train0.jpg", "valid1.jpg"]
+    assert all(len(r["boxes"]) == 1 for r in few)
+    (root / "data.yaml").write_text("names: [a, b, c]\n")
+    with pytest.raises(FileNotFoundError, match=r"no images for split 'val'.*Give data.yaml a "
+                                                r"'val:' entry"):
+        load_yolo(root, "val")

@@ -1,12 +1,16 @@
 """YOLO txt detection sets as Ultralytics and Roboflow export them.
 
 ``path`` is the set's folder (or its ``data.yaml``); ``data.yaml`` gives the class ``names``
-(a list, or a ``{index: name}`` mapping) and, per split, the image folder (``train:``,
-``val:``, ``test:``; relative to ``path:`` if the file has one, else to the file's folder;
-Roboflow's ``../train/images`` is also looked up inside the folder). Without an entry the
-split's images are looked for in ``images/<split>``, ``<split>/images`` (``valid`` for
-``val``) or ``<split>``. Each image's labels are the same-named ``.txt`` under the matching
-``labels`` folder (the last ``images`` path component replaced, Ultralytics' rule); one line
+(a list, or a ``{index: name}`` mapping) and, per split, its images (``train:``, ``val:`` or
+``valid:``, ``test:``): a folder, a ``.txt`` file of image paths (relative to that file's
+folder), or a list of them; relative to ``path:`` if the file has one, else to the file's
+folder; Roboflow's ``../train/images``, written for a parent folder, is also looked up inside
+the set's folder, as Ultralytics does. Without an entry the split's images are looked for in
+``images/<split>``, ``<split>/images`` (``valid`` for ``val``) or ``<split>``; the set's
+``images`` key names the folder outright. Each image's labels are the same-named ``.txt``
+under the matching ``labels`` folder (the last ``images`` path component replaced,
+Ultralytics' rule; else the one folder beside it whose name holds the image folder's, as
+Roboflow's ``labels/train-labels``); one line
 per object, ``class cx cy w h`` normalized to [0, 1], or ``class x1 y1 x2 y2 ...`` (a
 polygon, as segment exports write it, taken by its bounding box). An image without a label
 file has no objects.
@@ -28,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
 from detres.data.catalog import DATASET_FORMATS
 from detres.data.coco import coco_from_records
 from detres.data.det_source import DetSource, Record
+from detres.data.image_io import header_info
 from detres.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -74,33 +78,74 @@ def read_names(data: dict[str, Any], where: Path) -> list[str]:
     return [str(n) for n in names]
 
 
-def image_dir(yaml_file: Path, data: dict[str, Any], split: str) -> Path:
-    """The split's image folder (see the module docstring)."""
+_ALIASES = {"val": ("val", "valid", "validation"), "valid": ("valid", "val", "validation"),
+            "test": ("test",), "train": ("train",)}
+
+
+def _resolve(entry: str, root: Path, base: Path) -> list[Path]:
+    """Where a data.yaml path may point: absolute; under ``path:``; beside the file; and, for
+    Roboflow's ``../train/images`` written for a parent folder, inside the set's folder."""
+    e = Path(entry)
+    if e.is_absolute():
+        return [e]
+    return [root / e, base / e, base / Path(*[p for p in e.parts if p != ".."] or ["."])]
+
+
+def split_files(yaml_file: Path, data: dict[str, Any], split: str) -> tuple[list[Path], str]:
+    """The split's image files and where they came from (see the module docstring): the
+    data.yaml entry for the split (or its alias, ``val`` / ``valid``): a folder, a ``.txt``
+    file of image paths (relative to that file's folder), or a list of them; without one,
+    the folders ``images/<split>``, ``<split>/images`` or ``<split>``."""
     base = yaml_file.parent
     root = Path(data["path"]) if data.get("path") else base
     root = root if root.is_absolute() else base / root
+    keys = _ALIASES.get(split, (split,))
+    entry = next((data[k] for k in keys if data.get(k)), None)
     tried: list[Path] = []
-    entry = data.get(split) or (data.get("valid") if split == "val" else None)
-    if isinstance(entry, str):
-        e = Path(entry)
-        tried += [e] if e.is_absolute() else [root / e, base / e,
-                                              base / Path(*[p for p in e.parts if p != ".."])]
-    alt = ["valid"] if split == "val" else []
-    for s in [split, *alt]:
-        tried += [root / "images" / s, root / s / "images", root / s]
+    if entry is not None:
+        files: list[Path] = []
+        for e in entry if isinstance(entry, list) else [entry]:
+            hit = next((p for p in _resolve(str(e), root, base) if p.exists()), None)
+            if hit is None:
+                tried += _resolve(str(e), root, base)
+            elif hit.is_dir():
+                files += sorted(f for f in hit.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            else:  # a list of image paths, one a line, relative to the list's folder
+                for line in hit.read_text().splitlines():
+                    line = line.strip()
+                    if line:
+                        p = Path(line)
+                        files.append(p if p.is_absolute() else (hit.parent / p))
+        if files or not tried:
+            return [f.resolve() for f in files], f"data.yaml '{keys[0]}'"
+    for k in keys:
+        tried += [root / "images" / k, root / k / "images", root / k]
     for d in tried:
         if d.is_dir():
-            return d.resolve()
-    raise FileNotFoundError(f"YOLO set {yaml_file}: no image folder for split {split!r}; "
-                            f"tried {', '.join(str(t) for t in dict.fromkeys(tried))}")
+            d = d.resolve()
+            return sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES), str(d)
+    raise FileNotFoundError(
+        f"YOLO set {yaml_file}: no images for split {split!r}; tried "
+        f"{', '.join(str(t) for t in dict.fromkeys(tried))}. Give data.yaml a '{split}:' entry "
+        "(a folder, a .txt list of images, or a list of them), or the split's folder as the "
+        "set's 'images' key")
 
 
 def labels_dir(images: Path) -> Path:
+    """The label folder of an image folder: the last ``images`` path component replaced by
+    ``labels`` (Ultralytics' rule); when that folder does not exist, the one folder beside it
+    whose name holds the image folder's name (Roboflow's ``labels/train-labels``)."""
     parts = list(images.parts)
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == "images":
             parts[i] = "labels"
-            return Path(*parts)
+            cand = Path(*parts)
+            if cand.is_dir() or not cand.parent.is_dir():
+                return cand
+            token = images.name.lower()
+            like = [d for d in cand.parent.iterdir() if d.is_dir() and token in d.name.lower()
+                    and d.name.lower() != token]
+            return like[0] if len(like) == 1 else cand
     return images  # labels beside the images
 
 
@@ -149,7 +194,8 @@ def parse_label_file(f: Path, num_classes: int, w: int, h: int, *, strict_boxes:
 
 
 def load_yolo(path: str | Path, split: str, *, name: str = "", strict_boxes: bool = False,
-              class_names_override: list[str] | None = None) -> DetSource:
+              class_names_override: list[str] | None = None,
+              images_key: str | Path | None = None) -> DetSource:
     """Records for one split of a YOLO set."""
     yaml_file, data = read_data_yaml(Path(path).resolve())
     names = read_names(data, yaml_file)
@@ -158,23 +204,28 @@ def load_yolo(path: str | Path, split: str, *, name: str = "", strict_boxes: boo
                               f"classes {class_names_override}")
     if not split:
         raise InputError(f"YOLO set {yaml_file}: 'split' (train, val or test) is required")
-    images = image_dir(yaml_file, data, split)
-    labels = labels_dir(images)
-    files = sorted(f for f in images.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if images_key is not None:
+        d = Path(images_key).resolve()
+        files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        where = str(d)
+    else:
+        files, where = split_files(yaml_file, data, split)
     if not files:
-        raise FileNotFoundError(f"YOLO set {yaml_file}: no images in {images}")
+        raise FileNotFoundError(f"YOLO set {yaml_file}: no images for split {split!r} in "
+                                f"{where}")
+    label_dirs: dict[Path, Path] = {}
     records: list[Record] = []
     touched: list[str] = []
     n_clipped = n_dropped = 0
     for f in files:
         try:
-            with Image.open(f) as im:
-                w, h = im.size
+            h, w = header_info(f)[1]  # upright, as the loader decodes it
         except Exception as e:
             raise YoloFormatError(f"{f}: cannot be read as an image ({type(e).__name__}: "
                                   f"{e})") from None
-        rel = f.relative_to(images)
-        lf = labels / rel.with_suffix(".txt")
+        if f.parent not in label_dirs:
+            label_dirs[f.parent] = labels_dir(f.parent)
+        lf = label_dirs[f.parent] / f.with_suffix(".txt").name
         if lf.is_file():
             boxes, cls, nc, nd = parse_label_file(lf, len(names), w, h,
                                                   strict_boxes=strict_boxes)
@@ -195,12 +246,13 @@ def load_yolo(path: str | Path, split: str, *, name: str = "", strict_boxes: boo
         })
     if touched:
         shown = ", ".join(touched[:5]) + (" ..." if len(touched) > 5 else "")
-        warnings.warn(f"{labels} ({split}): clipped {n_clipped} box(es) extending past their "
+        warnings.warn(f"{yaml_file} ({split}): clipped {n_clipped} box(es) extending past their "
                       f"image and dropped {n_dropped} left empty, in {len(touched)} file(s): "
                       f"{shown} (data.strict_boxes=true makes this an error)", stacklevel=2)
     category_ids = list(range(len(names)))
     label = name or re.sub(r"\W+", "_", f"{yaml_file.parent.name}_{split}")
-    logger.info("%s (%s): %d images from %s", yaml_file, split, len(records), images)
+    logger.info("%s (%s): %d images from %s, labels from %s", yaml_file, split, len(records),
+                where, ", ".join(sorted({str(d) for d in label_dirs.values()})[:3]))
     return DetSource(name=label, format="yolo", records=records, class_names=names,
                      category_ids=category_ids, path=yaml_file, split=split,
                      coco_factory=lambda src: coco_from_records(src.records, names,
@@ -213,5 +265,5 @@ def build_yolo_source(*, path: Path, images: Path | None = None, split: str = ""
                       name: str = "", strict_boxes: bool = False,
                       class_names: list[str] | None = None) -> DetSource:
     """Catalog builder: ``path`` is the set's folder or data.yaml, ``split`` train/val/test."""
-    return load_yolo(path, split, name=name, strict_boxes=strict_boxes,
+    return load_yolo(path, split, name=name, strict_boxes=strict_boxes, images_key=images,
                      class_names_override=class_names)
