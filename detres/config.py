@@ -197,6 +197,12 @@ class DataCfg:
     test: list[DatasetCfg] = field(default_factory=lambda: [DatasetCfg(name="synthetic_cls_val")])
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
+    # Detection training order: "uniform" (every image once per epoch) | "repeat_factor"
+    # (LVIS's repeat-factor sampling for imbalanced sets: an image whose rarest class is in
+    # a fraction f < repeat_threshold of the images is drawn about sqrt(threshold / f) times
+    # per epoch; LVIS and Detectron2 use 0.001 on ~100k images, a small set wants more)
+    sampler: str = "uniform"
+    repeat_threshold: float = 0.001
     filter_empty: bool = True  # detection: drop training images without objects
     use_difficult: bool = False  # VOC: keep difficult objects for training
     # Detection: a box partly outside its image is clipped (with a warning); true: an error.
@@ -417,6 +423,7 @@ _CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "data.cls_aug.kind": ("imagenet", "cifar", "none"),
     "data.bad_images": ("error", "skip"),
+    "data.sampler": ("uniform", "repeat_factor"),
     "evaluation.coco_backend": ("auto", "faster_coco_eval", "pycocotools"),
     "evaluation.amp": ("none", "auto", "bf16", "fp16"),
 }
@@ -433,6 +440,9 @@ def validate(cfg: Config) -> None:
     sc = cfg.model.backbone.shortcut
     if sc is not None and sc not in ("A", "B", "C"):
         raise ConfigError(f"key 'model.backbone.shortcut': {sc!r} is not one of A, B, C")
+    if not 0 < cfg.data.repeat_threshold <= 1:
+        raise ConfigError(f"key 'data.repeat_threshold': must be in (0, 1], got "
+                          f"{cfg.data.repeat_threshold}")
     if cfg.solver.batch_size <= 0:
         raise ConfigError("key 'solver.batch_size': must be positive")
     if cfg.solver.steps != sorted(cfg.solver.steps):

@@ -4,6 +4,7 @@ holding a truncated and a broken image, and the one VOC XML reader's rules."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import warnings
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -19,7 +21,9 @@ from detres.data.det_loader import DetDataset, build_det_sources, build_det_trai
 from detres.data.det_transforms import build_det_transform
 from detres.data.image_check import check_images
 from detres.data.image_io import decode_image, load_image
+from detres.data.sampling import InfiniteSampler, repeat_factors
 from detres.data.voc import load_voc
+from detres.data.yolo import load_yolo
 from detres.evaluation.voc_io import load_voc_annotations
 from detres.formats.voc_xml import VocFormatError
 from detres.utils.errors import FileReadError, InputError
@@ -253,8 +257,6 @@ def roboflow_set(root: Path) -> Path:
 
 
 def test_roboflow_yolo_export_as_published(tmp_path: Path) -> None:
-    from detres.data.yolo import load_yolo
-
     root = roboflow_set(tmp_path / "shots")
     for split, n in (("train", 3), ("valid", 2), ("val", 2), ("test", 1)):
         src = load_yolo(root, split)
@@ -274,3 +276,53 @@ def test_roboflow_yolo_export_as_published(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no images for split 'val'.*Give data.yaml a "
                                                 r"'val:' entry"):
         load_yolo(root, "val")
+
+
+def test_repeat_factors_follow_the_lvis_definition() -> None:
+    # 10 images: class 1 in all, class 2 in 4, class 3 in 1, one image empty
+    classes = [torch.tensor([1])] * 5 + [torch.tensor([1, 2])] * 3 + [
+        torch.tensor([1, 2, 3]), torch.tensor([], dtype=torch.long)]
+    r = repeat_factors(classes, threshold=0.5)
+    # f(1) = 0.9 -> 1, f(2) = 0.4 -> sqrt(0.5 / 0.4), f(3) = 0.1 -> sqrt(5); empty -> 1
+    expect = [1.0] * 5 + [(0.5 / 0.4) ** 0.5] * 3 + [5 ** 0.5, 1.0]
+    assert torch.allclose(r, torch.tensor(expect))
+
+
+def test_repeat_factor_sampler_draws_rare_images_more_and_resumes_exactly() -> None:
+    factors = torch.tensor([1.0] * 8 + [3.5, 1.25])
+    s = InfiniteSampler(10, seed=3, repeat_factors=factors, rank=0, world_size=1)
+    draws = list(itertools.islice(iter(s), 20000))
+    counts = torch.bincount(torch.tensor([i for i, _ in draws]), minlength=10).float()
+    rate = counts / counts[:8].mean()
+    assert abs(rate[8] - 3.5) < 0.2 and abs(rate[9] - 1.25) < 0.1, rate
+    resumed = InfiniteSampler(10, seed=3, repeat_factors=factors, start=777, rank=0,
+                              world_size=1)
+    assert list(itertools.islice(iter(resumed), 300)) == draws[777:1077]
+    # without factors: the same stream as before the option existed
+    plain = list(itertools.islice(iter(InfiniteSampler(10, seed=3, rank=0, world_size=1)), 10))
+    g = torch.Generator().manual_seed(3)
+    assert [i for i, _ in plain] == torch.randperm(10, generator=g).tolist()
+
+
+def test_repeat_factor_loader_logs_classes_and_resumes(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "set"
+    for i in range(6):
+        photo(root / "images" / f"{i}.jpg", 64, 48, seed=i)
+        name = "rare" if i == 5 else "common"
+        (root / "annots").mkdir(parents=True, exist_ok=True)
+        (root / "annots" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.jpg</filename><size><width>64</width><height>48"
+            f"</height></size>{_obj(name, (5, 5, 30, 30))}</annotation>")
+    cfg = load_config("small_real.yaml", [
+        f"data.train=[{{format: voc, path: {root}}}]", f"data.test=[{{format: voc, path: {root}}}]",
+        "data.num_workers=0", "data.sampler=repeat_factor", "data.repeat_threshold=0.5",
+        "model.num_classes=2"])
+    with caplog.at_level(logging.INFO, logger="detres"):
+        loader = build_det_train_loader(cfg, 2)
+    assert "images per class and epoch: common 5 -> 5, rare 1 -> 2" in caplog.text
+    it = iter(loader)
+    batches = [next(it) for _ in range(6)]
+    resumed = next(iter(build_det_train_loader(cfg, 2, start_iter=4)))
+    assert [t["image_id"] for t in resumed[1]] == [t["image_id"] for t in batches[4][1]]
+    assert torch.equal(resumed[0], batches[4][0])

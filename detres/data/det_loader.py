@@ -15,6 +15,7 @@ scores each image once. ``loader.dataset.source`` is the :class:`DetSource` to s
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -30,9 +31,11 @@ from detres.data.det_transforms import DetTransform, apply_det_transform, build_
 from detres.data.image_check import apply_image_check
 from detres.data.image_io import load_image
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
-from detres.data.sampling import InfiniteSampler, SeededDataset
+from detres.data.sampling import InfiniteSampler, SeededDataset, repeat_factors
 from detres.utils.dist import get_rank, get_world_size
 from detres.utils.errors import InputError
+
+LOG = logging.getLogger("detres")
 
 
 class DetDataset(Dataset):
@@ -104,6 +107,23 @@ def _check_classes(cfg: Config, src: DetSource) -> None:
                          f"{src.name!r} has {src.num_classes} classes: {src.class_names}")
 
 
+def describe_repeat_factors(records: list[Record], factors: torch.Tensor,
+                            class_names: list[str], threshold: float) -> str:
+    """One line: what repeat-factor sampling draws per epoch, in all and per class (images
+    holding the class, without and with the factors)."""
+    k = len(class_names)
+    present = torch.zeros(len(records), k + 1)
+    for i, r in enumerate(records):
+        present[i, r["classes"].long()] = 1
+    before, after = present.sum(0)[1:], (present * factors[:, None]).sum(0)[1:]
+    per_class = ", ".join(f"{n} {int(b)} -> {a:.0f}" for n, b, a in
+                          zip(class_names, before.tolist(), after.tolist(), strict=True))
+    return (f"repeat-factor sampling (data.repeat_threshold={threshold:g}): about "
+            f"{float(factors.sum()):.0f} draws per epoch instead of {len(records)} "
+            f"({int((factors > 1).sum())} images repeated, factors up to "
+            f"{float(factors.max()):.2f}); images per class and epoch: {per_class}")
+
+
 def build_det_train_loader(cfg: Config, batch_size_per_process: int, *, start_iter: int = 0,
                            sources: list[DetSource] | None = None) -> DataLoader:
     """An endless loader of ``(images Tensor[N, 3, H, W], targets list[dict])`` over the
@@ -121,7 +141,14 @@ def build_det_train_loader(cfg: Config, batch_size_per_process: int, *, start_it
     seed = cfg.train.seed
     transform = build_det_transform(cfg.model.input, train=True, seed=seed + rank)
     dataset = SeededDataset(DetDataset(records, transform, src))
-    stream = InfiniteSampler(len(records), seed=seed, shuffle=True, rank=rank, world_size=world)
+    factors = None
+    if cfg.data.sampler == "repeat_factor":
+        factors = repeat_factors([r["classes"] for r in records], cfg.data.repeat_threshold)
+        if rank == 0 and start_iter == 0:
+            LOG.info("%s", describe_repeat_factors(records, factors, src.class_names,
+                                                   cfg.data.repeat_threshold))
+    stream = InfiniteSampler(len(records), seed=seed, shuffle=True, rank=rank, world_size=world,
+                             repeat_factors=factors)
     groups = aspect_groups(records) if cfg.data.aspect_ratio_grouping else None
     batches = GroupedBatchSampler(stream, groups, batch_size_per_process, start_iter=start_iter)
     return DataLoader(
