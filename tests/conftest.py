@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -202,6 +203,19 @@ def write_shapes_coco(root: Path, *, num_train: int = 12, num_val: int = 6, seed
         (root / f"{split}.json").write_text(json.dumps({"images": images, "annotations": anns,
                                                         "categories": cats}))
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """detres's caches (image checks, parsed COCO files) in a folder of the session, not in
+    the home folder; subprocesses inherit it."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
 
 
 @pytest.fixture(scope="session")

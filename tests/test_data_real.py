@@ -326,3 +326,25 @@ def test_repeat_factor_loader_logs_classes_and_resumes(tmp_path: Path,
     resumed = next(iter(build_det_train_loader(cfg, 2, start_iter=4)))
     assert [t["image_id"] for t in resumed[1]] == [t["image_id"] for t in batches[4][1]]
     assert torch.equal(resumed[0], batches[4][0])
+
+
+def test_stored_records_equal_the_plain_ones(tmp_path: Path) -> None:
+    from detres.data.demo_det import generate_demo_det
+    from detres.data.record_store import RecordStore
+
+    generate_demo_det(tmp_path, num_train=12, num_val=2)
+    cfg = load_config("demo.yaml", [f"data.root={tmp_path}"])
+    plain = build_det_sources(cfg, train=True)[0].records
+    store = RecordStore(plain)
+    assert len(store) == len(plain) and store.nbytes > 0
+    for a, b in zip(plain, store, strict=True):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if isinstance(v, torch.Tensor):
+                assert v.dtype == b[k].dtype and torch.equal(v, b[k]), k
+            else:
+                assert v == b[k], k
+    assert store[-1]["image_id"] == plain[-1]["image_id"]
+    with pytest.raises(IndexError):
+        store[len(plain)]
+    assert RecordStore(store)._obj_ends is store._obj_ends  # noqa: SLF001 (no second copy)

@@ -24,14 +24,18 @@ stay in ``source.coco``, so evaluation is unaffected.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import itertools
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 from pycocotools.coco import COCO
 
@@ -51,9 +55,14 @@ def _is_number(v: Any) -> bool:
 
 
 def _read_json(json_file: Path) -> dict[str, Any]:
+    """The file's object, parsed by orjson (3x the standard library's speed: a COCO-train-sized
+    file in a third of the time)."""
     try:
-        with open(json_file) as f:
-            data = json.load(f)
+        raw = Path(json_file).read_bytes()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # strict JSON only: NaN and Infinity go to json
+            data = json.loads(raw)
     except FileNotFoundError:
         raise FileNotFoundError(f"COCO annotation file {json_file} does not exist") from None
     except json.JSONDecodeError as e:
@@ -104,7 +113,39 @@ def _images(data: dict[str, Any], json_file: Path) -> tuple[list[Any], dict[Any,
     return data["images"], index
 
 
+_NUMBER_TYPES = {int, float}
+
+
 def _annotation_arrays(
+    anns: list[Any], json_file: Path, img_index: dict[Any, int], cat_ids: list[int]
+) -> dict[str, np.ndarray]:
+    """Per-annotation arrays: vectorized when every annotation is well formed, else the
+    checking pass below, which names the first bad one."""
+    try:
+        bbox = [a["bbox"] for a in anns]
+        flat = list(itertools.chain.from_iterable(bbox))
+        img_list = [img_index[a["image_id"]] for a in anns]
+        cat_list = [a["category_id"] for a in anns]
+        if (len(flat) == 4 * len(anns) and all(len(b) == 4 for b in bbox)
+                and set(map(type, flat)) <= _NUMBER_TYPES
+                and set(map(type, cat_list)) <= {int}):
+            n = len(anns)
+            boxes = np.asarray(flat, dtype=np.float64).reshape(n, 4)
+            cat = np.asarray(cat_list, dtype=np.int64)
+            known = np.asarray(cat_ids, dtype=np.int64)
+            pos = np.searchsorted(known, cat).clip(0, max(len(known) - 1, 0))
+            if len(known) and (known[pos] == cat).all():
+                return {"boxes": boxes, "img": np.asarray(img_list, dtype=np.int64),
+                        "label": pos + 1,
+                        "crowd": np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool),
+                        "ann_ids": np.asarray([a.get("id", f"#{i}") for i, a in
+                                               enumerate(anns)], dtype=object)}
+    except (KeyError, TypeError, AttributeError):
+        pass  # the checking pass says which annotation and what
+    return _checked_annotation_arrays(anns, json_file, img_index, cat_ids)
+
+
+def _checked_annotation_arrays(
     anns: list[Any], json_file: Path, img_index: dict[Any, int], cat_ids: list[int]
 ) -> dict[str, np.ndarray]:
     """Per-annotation arrays (one pass with the structural checks, the rest vectorized)."""
@@ -178,20 +219,28 @@ def _ids(ids: list[Any], n: int = 5) -> str:
     return ", ".join(map(str, ids[:n])) + (" ..." if len(ids) > n else "")
 
 
-def load_coco_json(
-    json_file: str | Path, image_root: str | Path | None = None, *, name: str = "",
-    strict_boxes: bool = False,
-) -> DetSource:
-    """Records for every image of a COCO json file (images under ``image_root``, by default
-    the json file's directory)."""
-    json_file = Path(json_file).resolve()
-    image_root = Path(image_root).resolve() if image_root else json_file.parent
+_CACHE_VERSION = 1
+
+
+def _cache_path(json_file: Path, strict_boxes: bool) -> tuple[Path, str]:
+    """Where the parsed columns of ``json_file`` are cached, and the stamp they must carry
+    (path, size, mtime, the strictness they were checked with, the cache's version)."""
+    st = json_file.stat()
+    stamp = json.dumps([str(json_file), st.st_size, st.st_mtime_ns, strict_boxes,
+                        _CACHE_VERSION])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    key = hashlib.sha1(str(json_file).encode()).hexdigest()[:16]
+    return Path(base) / "detres" / "coco" / f"{key}.npz", stamp
+
+
+def _parse_coco(json_file: Path, strict_boxes: bool) -> dict[str, Any]:
+    """The file's images, boxes, labels and classes as flat arrays (each image's boxes
+    contiguous, ``starts`` their offsets), checked, with the notes to warn about."""
     data = _read_json(json_file)
     cat_ids, class_names = _categories(data, json_file)
     images, img_index = _images(data, json_file)
     a = _annotation_arrays(data["annotations"], json_file, img_index, cat_ids)
     xyxy, outside = _check_boxes(a, images, json_file, strict_boxes)
-
     degenerate = (xyxy[:, 2] <= xyxy[:, 0]) | (xyxy[:, 3] <= xyxy[:, 1])
     clipped = outside & ~degenerate
     notes = []
@@ -202,37 +251,78 @@ def load_coco_json(
         notes.append(f"clipped {int(clipped.sum())} box(es) extending past their image by "
                      f"more than 1 px, annotation ids {_ids(a['ann_ids'][clipped].tolist())} "
                      "(data.strict_boxes=true makes this an error)")
-    if notes:
-        warnings.warn(f"{json_file}: " + "; ".join(notes), stacklevel=2)
     keep = ~degenerate
     img = a["img"][keep]
     order = np.argsort(img, kind="stable")
     counts = np.bincount(img, minlength=len(images))
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    boxes = xyxy[keep][order].astype(np.float32)
-    labels = a["label"][keep][order]
-    crowd = a["crowd"][keep][order]
+    return {
+        "image_ids": json.dumps([im["id"] for im in images]),
+        "file_names": json.dumps([im["file_name"] for im in images]),
+        "heights": np.asarray([int(im["height"]) for im in images], np.int64),
+        "widths": np.asarray([int(im["width"]) for im in images], np.int64),
+        "starts": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "boxes": xyxy[keep][order].astype(np.float32),
+        "labels": a["label"][keep][order].astype(np.int64),
+        "crowd": a["crowd"][keep][order],
+        "cat_ids": np.asarray(cat_ids, np.int64), "class_names": json.dumps(class_names),
+        "clipped": int(clipped.sum()), "dropped": int(degenerate.sum()),
+        "notes": json.dumps(notes),
+    }
 
-    records: list[Record] = []
-    for j, im in enumerate(images):
-        s, e = starts[j], starts[j + 1]
-        records.append({
-            "image_id": im["id"],
-            "file": str(image_root / im["file_name"]),
-            "height": int(im["height"]),
-            "width": int(im["width"]),
-            "boxes": torch.from_numpy(boxes[s:e].copy()),
-            "classes": torch.from_numpy(labels[s:e].copy()),
-            "iscrowd": torch.from_numpy(crowd[s:e].copy()),
-            "difficult": torch.zeros(e - s, dtype=torch.bool),
-        })
 
+def _parsed_coco(json_file: Path, strict_boxes: bool) -> dict[str, Any]:
+    """:func:`_parse_coco`, cached by path, size and mtime (``$XDG_CACHE_HOME/detres/coco``):
+    a COCO-train-sized file parses in ~10 s, its columns load in well under one."""
+    cache, stamp = _cache_path(json_file, strict_boxes)
+    try:
+        with np.load(cache) as z:
+            if str(z["stamp"]) == stamp:
+                return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError):
+        pass
+    parsed = _parse_coco(json_file, strict_boxes)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, stamp=stamp, **parsed)
+        os.replace(tmp, cache)
+    except OSError as e:  # a read-only home: parsing again next time is all it costs
+        logger.debug("COCO cache not written: %s", e)
+    return parsed
+
+
+def load_coco_json(
+    json_file: str | Path, image_root: str | Path | None = None, *, name: str = "",
+    strict_boxes: bool = False,
+) -> DetSource:
+    """Records for every image of a COCO json file (images under ``image_root``, by default
+    the json file's directory)."""
+    json_file = Path(json_file).resolve()
+    image_root = Path(image_root).resolve() if image_root else json_file.parent
+    p = _parsed_coco(json_file, strict_boxes)
+    notes = json.loads(str(p["notes"]))
+    if notes:
+        warnings.warn(f"{json_file}: " + "; ".join(notes), stacklevel=2)
+    starts, boxes = p["starts"].tolist(), torch.from_numpy(p["boxes"])
+    labels, crowd = torch.from_numpy(p["labels"]), torch.from_numpy(p["crowd"])
+    no_flags = torch.zeros(len(boxes), dtype=torch.bool)
+    root_dir = str(image_root)
+    records: list[Record] = [
+        {"image_id": iid, "file": os.path.join(root_dir, f), "height": h, "width": w,
+         "boxes": boxes[s:e], "classes": labels[s:e], "iscrowd": crowd[s:e],
+         "difficult": no_flags[s:e]}
+        for iid, f, h, w, s, e in zip(json.loads(str(p["image_ids"])),
+                                      json.loads(str(p["file_names"])), p["heights"].tolist(),
+                                      p["widths"].tolist(), starts[:-1], starts[1:],
+                                      strict=True)]
+    cat_ids = p["cat_ids"].tolist()
     logger.info("%s: %d images, %d boxes, %d classes", json_file, len(records), len(boxes),
                 len(cat_ids))
     return DetSource(name=name or str(json_file), format="coco", records=records,
-                     class_names=class_names, category_ids=cat_ids, path=json_file,
+                     class_names=json.loads(str(p["class_names"])), category_ids=cat_ids,
+                     path=json_file,
                      coco_factory=lambda src: coco_ground_truth(json_file, src.records),
-                     clipped=int(clipped.sum()), dropped=int(degenerate.sum()))
+                     clipped=int(p["clipped"]), dropped=int(p["dropped"]))
 
 
 def coco_ground_truth(json_file: Path, records: list[Record]) -> COCO:

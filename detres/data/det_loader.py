@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from detres.data.det_source import DetSource, Record, concat_sources, training_r
 from detres.data.det_transforms import DetTransform, apply_det_transform, build_det_transform
 from detres.data.image_check import apply_image_check
 from detres.data.image_io import load_image
+from detres.data.record_store import RecordStore, freeze_inherited_objects
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, aspect_groups
 from detres.data.sampling import InfiniteSampler, SeededDataset, repeat_factors
 from detres.utils.dist import get_rank, get_world_size
@@ -43,9 +45,9 @@ class DetDataset(Dataset):
     :mod:`detres.data.collate`. Boxes and classes are used as they are: filter the records
     first (:func:`~detres.data.det_source.training_records`)."""
 
-    def __init__(self, records: list[Record], transform: DetTransform,
+    def __init__(self, records: Sequence[Record], transform: DetTransform,
                  source: DetSource | None = None) -> None:
-        self.records = records
+        self.records = RecordStore(records)  # one buffer: workers read it without copying
         self.transform = transform
         self.source = source
 
@@ -88,9 +90,12 @@ def build_det_sources(cfg: Config, train: bool) -> list[DetSource]:
 
 
 def worker_init(worker_id: int) -> None:
-    """Per-worker set-up: RNGs seeded from the worker's seed (per-sample seeds, when present,
-    take over afterwards). cv2's thread count is set once in the parent (detres.data): calling
-    cv2.setNumThreads in a forked worker can deadlock on the parent's thread pool."""
+    """Per-worker set-up: what the worker inherited kept out of the garbage collector's walks
+    (:func:`~detres.data.record_store.freeze_inherited_objects`), RNGs seeded from the
+    worker's seed (per-sample seeds, when present, take over afterwards). cv2's thread count
+    is set once in the parent (detres.data): calling cv2.setNumThreads in a forked worker can
+    deadlock on the parent's thread pool."""
+    freeze_inherited_objects()
     info = get_worker_info()
     seed = (info.seed if info is not None else torch.initial_seed()) % 2**31
     random.seed(seed)

@@ -119,16 +119,23 @@ def training_records(
     """Records with the boxes training learns from: crowd boxes removed (as in Detectron2 and
     torchvision), VOC difficult objects removed unless ``use_difficult``; images left with no
     box are dropped when ``filter_empty``. The input records are not modified."""
+    if not records:
+        return []
+    # one vectorized pass over every object, then Python ints per record
+    crowd = torch.cat([r["iscrowd"] for r in records])
+    keep_all = ~crowd if use_difficult else ~crowd & ~torch.cat([r["difficult"] for r in records])
+    counts = torch.tensor([len(r["classes"]) for r in records])
+    owner = torch.repeat_interleave(torch.arange(len(records)), counts)
+    kept = torch.bincount(owner[keep_all], minlength=len(records)).tolist()
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
     out: list[Record] = []
-    for r in records:
-        keep = ~r["iscrowd"]
-        if not use_difficult:
-            keep = keep & ~r["difficult"]
-        if filter_empty and not bool(keep.any()):
+    for r, n, k, s0 in zip(records, counts.tolist(), kept, starts, strict=True):
+        if filter_empty and k == 0:
             continue
-        if bool(keep.all()):
+        if k == n:
             out.append(r)
             continue
+        keep = keep_all[s0:s0 + n]
         r2 = dict(r)
         for key in ("boxes", "classes", "iscrowd", "difficult"):
             r2[key] = r[key][keep]
