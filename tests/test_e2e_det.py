@@ -324,3 +324,28 @@ def test_onnx_export_predict_and_eval(run: dict[str, Path], tool: Callable[[str]
     assert tool("export").main(["--cfg", "demo.yaml", "--weights", weights, "--out",
                                 str(tmp / "wrong.onnx")]) == 2
     assert "shape mismatches" in capsys.readouterr().err and not (tmp / "wrong.onnx").exists()
+
+
+def test_predict_checks_its_inputs_first(run: dict[str, Path], tool: Callable[[str], ModuleType],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken input is one error naming it before any image is run (or left out with
+    --bad-images skip); a truncated JPEG is read as imread reads it."""
+    out, images = run["full"], run["data"] / "demo_det" / "images"
+    folder = run["tmp"] / "pred_inputs"
+    folder.mkdir()
+    good = folder / "good.jpg"
+    good.write_bytes((images / "val_00002.jpg").read_bytes())
+    data = (images / "val_00003.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) * 6 // 10])
+    (folder / "broken.jpg").write_bytes(b"\x00" * 64)
+    args = ["--cfg", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"),
+            "--input", str(folder), "--score-thresh", "0.0"]
+    capsys.readouterr()
+    assert tool("predict").main([*args, "--out", str(run["tmp"] / "p1")]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 input files cannot be used" in err and "broken.jpg" in err
+    assert not (run["tmp"] / "p1").exists()
+    assert tool("predict").main([*args, "--out", str(run["tmp"] / "p2"),
+                                 "--bad-images", "skip"]) == 0
+    recs = json.loads((run["tmp"] / "p2" / "predictions.json").read_text())
+    assert sorted(Path(r["file"]).name for r in recs) == ["cut.jpg", "good.jpg"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from detres.config import load_config
+from detres.data.image_check import usable_files
 from detres.engine.launch import add_debug_flag, run_cli
 from detres.engine.predict import (
     Detector,
@@ -52,18 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep detections scoring at least this (default: 0.5; the detector "
                         "itself returns those above model.roi_heads.score_thresh_test, 0.05)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--bad-images", choices=["error", "skip"], default="error",
+                   help="image files that cannot be used (checked before any is run): one "
+                        "error naming all (default), or left out")
     add_debug_flag(p)
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    files = list_images(args.input)
+    setup_logging()
+    files = [Path(f) for f in usable_files(list_images(args.input), policy=args.bad_images)]
     names = [output_name(f) for f in files]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(f"several inputs would be written as {dup}; rename or run separately")
-    setup_logging()
     if args.onnx is not None:
         model: Detector = OnnxDetector(args.onnx)
         amp = "none"  # onnxruntime runs the graph in float32

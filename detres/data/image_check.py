@@ -198,3 +198,22 @@ def apply_image_check(src: DetSource, ds: DatasetCfg, *, policy: str, key: str) 
                     "recorded in %s.exclude): %s", src.name, len(bad), key, listing(report.bad))
     src.records = records
     return src
+
+
+def usable_files(files: Sequence[str | os.PathLike[str]], *, policy: str = "error",
+                 what: str = "input") -> list[str]:
+    """The image files of a prediction run, checked as a data set's are: damaged ones
+    that decode with one warning; unusable ones one error naming all of them, or left out
+    (``policy="skip"``) with a warning."""
+    report = check_images([(str(f), None) for f in files], name=what)
+    if report.damaged:
+        LOG.warning("%d damaged image file(s) that still decode, read as OpenCV's imread "
+                    "reads them: %s", len(report.damaged), listing(report.damaged))
+    if report.bad and policy != "skip":
+        raise InputError(f"{len(report.bad)} of {len(files)} {what} files cannot be used: "
+                         f"{listing(report.bad)} (--bad-images skip leaves them out)")
+    bad = {f for f, _ in report.bad}
+    if bad:
+        LOG.warning("left out %d image file(s) that cannot be used: %s", len(bad),
+                    listing(report.bad))
+    return [str(f) for f in files if str(f) not in bad]
