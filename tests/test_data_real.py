@@ -256,8 +256,14 @@ def roboflow_set(root: Path) -> Path:
     return root
 
 
-def test_roboflow_yolo_export_as_published(tmp_path: Path) -> None:
+def test_roboflow_yolo_export_as_published(tmp_path: Path, tool, tiny_det) -> None:  # noqa: ANN001
     root = roboflow_set(tmp_path / "shots")
+    # trains with the docs' spelling, the split named as the export names it
+    assert tool("train_det").main([
+        "--cfg", "small_real.yaml", "--out-dir", str(tmp_path / "out"), *tiny_det,
+        f"data.train=[{{format: yolo, path: {root}, split: train}}]",
+        f"data.test=[{{format: yolo, path: {root}, split: valid}}]",
+        "solver.max_iter=2", "solver.batch_size=2"]) == 0
     for split, n in (("train", 3), ("valid", 2), ("val", 2), ("test", 1)):
         src = load_yolo(root, split)
         assert len(src.records) == n, split
