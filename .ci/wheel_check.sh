@@ -9,7 +9,9 @@ trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 "$py" -m pip wheel -q --no-deps -w "$work/dist" "$repo"
 wheel="$(ls "$work"/dist/detres-*.whl)"
-echo "wheel: $(basename "$wheel") ($(unzip -l "$wheel" | tail -1 | awk '{print $2}') files)"
+"$py" -c "import sys, zipfile; n = zipfile.ZipFile(sys.argv[1]).namelist(); \
+print(f'wheel: {sys.argv[1].rsplit(\"/\", 1)[-1]} ({len(n)} files, \
+{sum(x.endswith(\".yaml\") for x in n)} configs)')" "$wheel"
 "$py" -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --upgrade pip
 # torch/torchvision pinned to the builds on this project's machines (see the Makefile)

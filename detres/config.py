@@ -252,6 +252,10 @@ class TrainCfg:
     log_period: int = 20
     eval_period: int = 0  # iterations between evaluations; 0: only at the end
     checkpoint_period: int = 0  # iterations between checkpoints; 0: only at the end
+    # Early stopping: stop (exit 0) after this many evaluations without a better primary
+    # metric (mAP@.5 for detection, top-1 error for classification); 0: off. The best
+    # evaluation's weights are kept as model_best.pth either way.
+    patience: int = 0
     channels_last: bool = True  # NHWC: faster convolutions on CPU (oneDNN) and tensor cores
     deterministic: bool = False
     # Signals that stop a run cleanly (every rank ends its step, rank 0 writes
@@ -443,6 +447,8 @@ def validate(cfg: Config) -> None:
     if not 0 < cfg.data.repeat_threshold <= 1:
         raise ConfigError(f"key 'data.repeat_threshold': must be in (0, 1], got "
                           f"{cfg.data.repeat_threshold}")
+    if cfg.train.patience < 0:
+        raise ConfigError(f"key 'train.patience': must be >= 0, got {cfg.train.patience}")
     if cfg.solver.batch_size <= 0:
         raise ConfigError("key 'solver.batch_size': must be positive")
     if cfg.solver.steps != sorted(cfg.solver.steps):

@@ -62,7 +62,7 @@ def _step(m: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
     return {"loss_ce": nn.functional.cross_entropy(m(x), y)}
 
 
-def _trainer(out: Path, max_iter: int, step=_step) -> Trainer:
+def _trainer(out: Path, max_iter: int, step=_step, *extra: str) -> Trainer:
     cfg = load_config(
         None,
         [
@@ -72,6 +72,7 @@ def _trainer(out: Path, max_iter: int, step=_step) -> Trainer:
             "train.log_period=2",
             "solver.steps=[6]",
             "solver.warmup_iters=3",
+            *extra,
         ],
     )
     torch.manual_seed(0)
@@ -253,3 +254,51 @@ def test_failed_checkpoint_write_keeps_the_old_file(tmp_path: Path,
     assert [f.name for f in tmp_path.iterdir()] == ["c.pth"]
     (tmp_path / ".c.pth.tmp.999999999").write_bytes(b"left by a killed writer")
     assert [f.name for f in remove_stale_temp_files(p)] == [".c.pth.tmp.999999999"]
+
+
+#: a scripted validation metric by iteration: best at 4, then worse
+_ACC = {2: 0.5, 4: 0.6, 6: 0.55, 8: 0.54, 10: 0.58, 12: 0.7, 14: 0.7, 16: 0.7, 18: 0.7, 20: 0.7}
+
+
+def _scored(out: Path, max_iter: int, *extra: str) -> Trainer:
+    t = _trainer(out, max_iter, _step, "train.eval_period=2", *extra)
+    t.primary_metric, t.lower_is_better = "acc", False
+    t.eval_fn = lambda m: {"acc": _ACC[t.state.iteration]}
+    return t
+
+
+def test_best_checkpoint_and_early_stopping_survive_resume(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """model_best.pth at the best evaluation (its meta names metric, value, iteration);
+    train.patience=2 stops cleanly two evaluations later; a run stopped in between and
+    resumed stops at the same iteration with the same weights."""
+    with caplog.at_level("INFO", logger="detres"):
+        full = _scored(tmp_path / "full", 20, "train.patience=2")
+        metrics = full.train()
+    assert full.state.iteration == 8 and metrics == {"acc": 0.54}
+    assert "early stopping: 2 evaluation(s) without a better acc than 0.6000 (iteration 4); " \
+           "stopped at iteration 8 of 20" in caplog.text
+    assert "best acc so far: 0.6000 at iteration 4" in caplog.text
+    best = read_checkpoint(tmp_path / "full" / ckpt.BEST)
+    assert best["meta"]["best"] == {"metric": "acc", "value": 0.6, "iteration": 4}
+    assert best["iteration"] == 4
+    assert read_checkpoint(tmp_path / "full" / ckpt.LAST)["iteration"] == 8
+    assert read_checkpoint(tmp_path / "full" / ckpt.FINAL)["iteration"] == 8
+    at4 = _trainer(tmp_path / "at4", 4)  # the same run to iteration 4: the best weights
+    at4.train()
+    for k, v in at4.model.state_dict().items():
+        torch.testing.assert_close(best["model"][k], v, rtol=0, atol=0, msg=k)
+    # stopped at 6 (one evaluation without improvement), resumed: stops at 8, same weights
+    _scored(tmp_path / "part", 6, "train.patience=2").train()
+    resumed = _scored(tmp_path / "part", 20, "train.patience=2")
+    assert resumed.resume() and resumed.state.best["iteration"] == 4
+    assert resumed.state.evals_since_best == 1
+    resumed.train()
+    assert resumed.state.iteration == 8
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert read_checkpoint(tmp_path / "part" / ckpt.BEST)["meta"]["best"]["iteration"] == 4
+    # without patience the run goes on, and a later best replaces model_best.pth
+    _scored(tmp_path / "nopatience", 20).train()
+    assert read_checkpoint(tmp_path / "nopatience" / ckpt.BEST)["meta"]["best"] == {
+        "metric": "acc", "value": 0.7, "iteration": 12}

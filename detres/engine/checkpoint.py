@@ -23,6 +23,7 @@ from detres.utils.logging import LOG
 
 LAST = "checkpoint_last.pth"
 FINAL = "model_final.pth"
+BEST = "model_best.pth"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -41,6 +42,7 @@ def save_checkpoint(
     config: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     rng_per_rank: list[dict[str, Any]] | None = None,
+    trainer: dict[str, Any] | None = None,
 ) -> Path:
     rngs = rng_per_rank or [rng_state()]
     obj: dict[str, Any] = {
@@ -51,6 +53,7 @@ def save_checkpoint(
         "world_size": len(rngs),
         "config": config or {},
         "meta": meta or {},
+        "trainer": trainer or {},  # the loop's own state: best metric, evaluations since
     }
     if optimizer is not None:
         obj["optimizer"] = optimizer.state_dict()

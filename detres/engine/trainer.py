@@ -1,6 +1,10 @@
 """One plain, iteration-based training loop for both the classifier and the detector.
 
 forward -> losses -> backward -> step -> schedule -> log -> checkpoint -> periodic eval.
+Each evaluation that improves the primary metric writes ``model_best.pth`` (its meta and the
+log name the metric, value and iteration); with ``train.patience`` the run stops cleanly
+after that many evaluations without improvement. Both are part of every checkpoint, so
+``--resume`` and preemption keep them.
 The task supplies two functions: ``step_fn(model, batch) -> {name: Tensor}`` (keys starting
 with ``loss`` are summed into the objective; others are logged) and
 ``eval_fn(model) -> {metric: float}``. Everything else (AMP, DDP, atomic checkpoints,
@@ -67,6 +71,14 @@ class TrainState:
     iteration: int = 0
     last_metrics: dict[str, float] | None = None
     last_checkpoint: tuple[Path, int] | None = None  # the newest good one: (path, iteration)
+    best: dict[str, Any] | None = None  # {"metric", "value", "iteration"} of model_best.pth
+    evals_since_best: int = 0
+    stopped_early: str = ""  # why the run stopped before max_iter (early stopping)
+
+    def loop_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the loop itself (plain types)."""
+        return {"best": self.best, "evals_since_best": self.evals_since_best,
+                "stopped_early": self.stopped_early}
 
 
 class Trainer:
@@ -102,7 +114,7 @@ class Trainer:
         self.state = TrainState()
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, name: str) -> Path | None:
+    def save(self, name: str, meta: dict[str, Any] | None = None) -> Path | None:
         """Rank 0 writes ``OUT/name`` atomically, with every rank's RNG state (so a resumed
         DDP run continues each rank's stream). Collective: a failed write is the same
         :class:`CheckpointWriteError` on every rank, and only a written checkpoint becomes
@@ -120,8 +132,9 @@ class Trainer:
                     scaler=self.scaler,
                     iteration=self.state.iteration,
                     config=to_dict(self.cfg),
-                    meta=self.meta,
+                    meta={**self.meta, **(meta or {})},
                     rng_per_rank=rngs,
+                    trainer=self.state.loop_state(),
                 )
             except CheckpointWriteError as e:
                 err = str(e)
@@ -168,6 +181,10 @@ class Trainer:
             raise InputError(f"{path}: the ranks read different checkpoints (iterations "
                              f"{iters}); was it replaced while the run started?")
         self.state.iteration = iters[0]
+        loop = c.get("trainer") or {}
+        self.state.best = loop.get("best")
+        self.state.evals_since_best = int(loop.get("evals_since_best", 0))
+        self.state.stopped_early = str(loop.get("stopped_early", ""))
         self.state.last_checkpoint = (path, self.state.iteration)
         self.writer.truncate_after(self.state.iteration)
         LOG.info("resumed from %s at iteration %d", path, self.state.iteration)
@@ -206,7 +223,35 @@ class Trainer:
                     metrics[self.primary_metric], lower_is_better=self.lower_is_better
                 )
         self.state.last_metrics = metrics
+        self._track_best(metrics)
         return metrics
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        """``model_best.pth`` when the primary metric improves; early stopping's count.
+        Every rank has the same metrics (broadcast), so every rank decides alike."""
+        name = self.primary_metric
+        value = metrics.get(name)
+        if not isinstance(value, int | float):
+            return
+        best = self.state.best
+        better = best is None or (value < best["value"] if self.lower_is_better
+                                  else value > best["value"])
+        if better:
+            self.state.best = {"metric": name, "value": float(value),
+                               "iteration": self.state.iteration}
+            self.state.evals_since_best = 0
+            self.save(ckpt.BEST, meta={"best": self.state.best})
+            LOG.info("best %s so far: %.4f at iteration %d -> %s", name, value,
+                     self.state.iteration, self.out_dir / ckpt.BEST)
+            return
+        self.state.evals_since_best += 1
+        patience = self.cfg.train.patience
+        if patience and self.state.evals_since_best >= patience and best is not None:
+            self.state.stopped_early = (
+                f"early stopping: {patience} evaluation(s) without a better {name} than "
+                f"{best['value']:.4f} (iteration {best['iteration']}); stopped at iteration "
+                f"{self.state.iteration} of {self.cfg.solver.max_iter} (train.patience="
+                f"{patience}); the best weights are {self.out_dir / ckpt.BEST}")
 
     # ------------------------------------------------------------------ step faults
     def _fetch(self, data: Iterator[Any]) -> tuple[Any, BaseException | None]:
@@ -277,6 +322,9 @@ class Trainer:
         cfg = self.cfg
         max_iter = cfg.solver.max_iter
         start = self.state.iteration
+        if self.state.stopped_early:  # resumed after an early stop: nothing left to do
+            LOG.info("%s", self.state.stopped_early)
+            max_iter = start
         self.model.train()
         amp = autocast_context(self.device, self.amp)
         with tqdm(
@@ -334,8 +382,11 @@ class Trainer:
                     self.run_eval()
                     self.model.train()
                 cp = cfg.train.checkpoint_period
-                if (cp and self.state.iteration % cp == 0) or last:
+                if (cp and self.state.iteration % cp == 0) or last or self.state.stopped_early:
                     self.save(ckpt.LAST)
+                if self.state.stopped_early:
+                    LOG.info("%s", self.state.stopped_early)
+                    break
         if self.state.last_metrics is None:
             self.run_eval()
         final = self.save(ckpt.FINAL)
