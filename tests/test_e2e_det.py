@@ -349,3 +349,25 @@ def test_predict_checks_its_inputs_first(run: dict[str, Path], tool: Callable[[s
                                  "--bad-images", "skip"]) == 0
     recs = json.loads((run["tmp"] / "p2" / "predictions.json").read_text())
     assert sorted(Path(r["file"]).name for r in recs) == ["cut.jpg", "good.jpg"]
+
+
+def test_run_folder_has_the_evaluation_report(run: dict[str, Path],
+                                              tool: Callable[[str], ModuleType],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """train_det.py's final evaluation writes report/ (PR curves, F1, confusion matrix) whose
+    curves give metrics.json's per-class AP; predict.py --score-thresh best reads it."""
+    out = run["full"]
+    report = json.loads((out / "report" / "report.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name, curve in report["pr_curves"]["0.5"].items():
+        printed = metrics["per_class"][name]["AP@.5"]
+        assert (curve is None and printed is None) or curve["ap"] == pytest.approx(printed), name
+    for png in ("pr_iou50", "pr_iou75", "f1", "confusion_matrix", "confusion_matrix_normalized"):
+        assert (out / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    image = run["data"] / "demo_det" / "images" / "val_00000.jpg"
+    capsys.readouterr()
+    assert tool("predict").main(["--cfg", str(out / "config.yaml"), "--weights",
+                                 str(out / "model_final.pth"), "--input", str(image), "--out",
+                                 str(run["tmp"] / "best"), "--score-thresh", "best"]) == 0
+    thresh = report["f1"]["best_score_thresh"]
+    assert f"score threshold {thresh:.2f}: the best F1 of" in capsys.readouterr().out

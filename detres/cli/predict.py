@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an exported detector (tools/export.py) instead of --cfg/--weights")
     p.add_argument("--input", required=True, nargs="+", help="image files and/or directories")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--score-thresh", type=float, default=0.5,
-                   help="keep detections scoring at least this (default: 0.5; the detector "
-                        "itself returns those above model.roi_heads.score_thresh_test, 0.05)")
+    p.add_argument("--score-thresh", default="0.5",
+                   help="draw and write detections at or above this score (default 0.5; the "
+                        "model itself returns those above model.roi_heads.score_thresh_test, "
+                        "0.05), or 'best': the best-F1 threshold of the run's evaluation "
+                        "report (report/report.json beside --weights)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--bad-images", choices=["error", "skip"], default="error",
                    help="image files that cannot be used (checked before any is run): one "
@@ -61,8 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def score_threshold(value: str, weights: str | None) -> float:
+    """``--score-thresh``: a number, or ``best`` read from the run's evaluation report."""
+    if value != "best":
+        try:
+            return float(value)
+        except ValueError:
+            raise InputError(f"--score-thresh {value!r}: a number or 'best'") from None
+    if not weights:
+        raise InputError("--score-thresh best reads the run's report/report.json beside "
+                         "--weights; give --weights, or a number")
+    path = Path(weights).parent / "report" / "report.json"
+    if not path.is_file():
+        raise InputError(f"--score-thresh best: no evaluation report at {path} (train_det.py "
+                         "writes it at the end of a run, eval.py --out beside its output)")
+    thresh = float(json.loads(path.read_text())["f1"]["best_score_thresh"])
+    print(f"score threshold {thresh:.2f}: the best F1 of {path}")
+    return thresh
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging()
+    args.score_thresh = score_threshold(args.score_thresh, args.weights)
     files = [Path(f) for f in usable_files(list_images(args.input), policy=args.bad_images)]
     names = [output_name(f) for f in files]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -25,7 +25,13 @@ from detres.data.det_source import DetSource, concat_sources
 from detres.engine.checkpoint import unwrap
 from detres.engine.launch import Run
 from detres.engine.trainer import Trainer
-from detres.evaluation import EVALUATORS, DetectionEvaluator, write_metrics
+from detres.evaluation import (
+    EVALUATORS,
+    DetectionEvaluator,
+    describe_report,
+    write_metrics,
+    write_report,
+)
 from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_pretrained
 from detres.modeling.test_time import TestTimeDetector, with_test_time
@@ -148,7 +154,18 @@ def _score_on_test_set(model: Scorable, cfg: Config, device: torch.device,
     loader = build_scoring_loader(cfg, model, src)
     evaluator = build_det_evaluator(src, out_dir=out_dir,
                                     coco_backend=cfg.evaluation.coco_backend)
-    return run_detector(model, loader, src, evaluator, device, amp, channels_last)
+    metrics = run_detector(model, loader, src, evaluator, device, amp, channels_last)
+    if metrics and out_dir is not None:  # rank 0
+        save_report(evaluator, out_dir / "report")
+    return metrics
+
+
+def save_report(evaluator: DetectionEvaluator, out_dir: Path) -> None:
+    """The evaluation report of the evaluator's last scoring (PR and F1 curves, confusion
+    matrix: :mod:`detres.evaluation.analysis`) into ``out_dir``, logged in one line."""
+    report = evaluator.report()  # type: ignore[attr-defined]
+    write_report(report, out_dir)
+    LOG.info("%s -> %s", describe_report(report), out_dir)
 
 
 def evaluate_onnx(cfg: Config, path: str | Path, *, out_dir: Path | None = None
@@ -257,6 +274,7 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     metrics = trainer.train()
     if is_main_process() and metrics:
         write_metrics(metrics, run.out_dir / "metrics.json")
+        save_report(evaluator, run.out_dir / "report")
         plot_curves(run.out_dir / "metrics.jsonl", run.out_dir / "curves.png",
                     train_keys=["loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"],
                     val_keys=["val/mAP@.5", "val/mAP@[.5,.95]"],

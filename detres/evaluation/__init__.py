@@ -10,7 +10,13 @@ torchrun; ``{}`` elsewhere). Detection results hold ``"mAP@.5"``, ``"mAP@[.5,.95
 from detres.evaluation.base import DetectionEvaluator, Evaluator
 from detres.evaluation.classification import ClassificationEvaluator
 from detres.evaluation.coco import COCOEvaluator, evaluate_coco_results
-from detres.evaluation.report import format_table, metrics_dict, write_metrics
+from detres.evaluation.report import (
+    describe_report,
+    format_table,
+    metrics_dict,
+    write_metrics,
+    write_report,
+)
 from detres.evaluation.voc import VOC_CLASSES, VOCEvaluator, voc_ap, voc_average_precisions
 from detres.evaluation.voc_io import load_voc_annotations, load_voc_results
 from detres.registry import Registry
@@ -22,7 +28,7 @@ EVALUATORS.add("classification", ClassificationEvaluator)
 
 __all__ = [
     "EVALUATORS", "VOC_CLASSES", "ClassificationEvaluator", "COCOEvaluator",
-    "DetectionEvaluator", "Evaluator", "VOCEvaluator", "evaluate_coco_results", "format_table",
-    "load_voc_annotations", "load_voc_results", "metrics_dict", "voc_ap",
-    "voc_average_precisions", "write_metrics",
+    "DetectionEvaluator", "Evaluator", "VOCEvaluator", "describe_report",
+    "evaluate_coco_results", "format_table", "load_voc_annotations", "load_voc_results",
+    "metrics_dict", "voc_ap", "voc_average_precisions", "write_metrics", "write_report",
 ]

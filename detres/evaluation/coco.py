@@ -33,6 +33,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detres.evaluation.analysis import build_report, coco_curves
 from detres.evaluation.base import DetectionEvaluator, Prediction
 from detres.utils.errors import InputError
 
@@ -258,4 +259,36 @@ class COCOEvaluator(DetectionEvaluator):
             self._faster_gt = faster_ground_truth(self.coco_gt)
         ev = run_cocoeval(self.coco_gt, results, backend=self.backend, source="predictions",
                           faster_gt=self._faster_gt)
+        self._last = (ev, results)
         return summarize_cocoeval(ev, self.coco_gt)
+
+    def report(self) -> dict[str, Any]:
+        """:func:`~detres.evaluation.analysis.build_report` of the last scoring, from its
+        ``COCOeval``'s accumulated arrays (each curve's mean is the printed AP)."""
+        ev, results = self._last
+        cat_ids = list(ev.params.catIds)
+        index = {c: i for i, c in enumerate(cat_ids)}
+        names = [self.coco_gt.cats[c]["name"] for c in cat_ids]
+
+        def xyxy(b: list[float]) -> list[float]:
+            return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+
+        gt_rows: dict[Any, list[tuple[int, list[float]]]] = {}
+        for a in self.coco_gt.dataset["annotations"]:
+            if not a.get("iscrowd", 0) and a["category_id"] in index:
+                gt_rows.setdefault(a["image_id"], []).append((index[a["category_id"]],
+                                                              xyxy(a["bbox"])))
+        det_rows: dict[Any, list[tuple[int, float, list[float]]]] = {}
+        for r in results:
+            det_rows.setdefault(r["image_id"], []).append((index[r["category_id"]], r["score"],
+                                                           xyxy(r["bbox"])))
+        gt = {i: (np.asarray([c for c, _ in v], np.int64),
+                  np.asarray([b for _, b in v], np.float64).reshape(-1, 4))
+              for i, v in gt_rows.items()}
+        det = {i: (np.asarray([c for c, _, _ in v], np.int64),
+                   np.asarray([s for _, s, _ in v], np.float64),
+                   np.asarray([b for _, _, b in v], np.float64).reshape(-1, 4))
+               for i, v in det_rows.items()}
+        return build_report(coco_curves(ev), names, gt, det,
+                            source=f"COCO ({self.backend}), area all, maxDets "
+                                   f"{ev.params.maxDets[-1]}")

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from detres.utils.visualizer import plot_confusion, plot_f1, plot_pr_curves
+
 #: Printed first, and first in metrics.json.
 HEADLINE = ("mAP@.5", "mAP@[.5,.95]")
 
@@ -99,3 +101,30 @@ def format_table(results: Mapping[str, Any], *, published: Mapping[str, float] |
             lines.append(f"{name:<{cw}}" + "".join(
                 f"{_pct(row_v.get(c)):>{max(len(c), 6) + 2}}" for c in cols))
     return "\n".join(lines)
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """The evaluation report (:mod:`detres.evaluation.analysis`) as ``report.json`` and its
+    pictures in ``out_dir``: ``pr_iou50.png``, ``pr_iou75.png``, ``f1.png``,
+    ``confusion_matrix.png`` and ``confusion_matrix_normalized.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(to_jsonable(report), allow_nan=False) + "\n")
+    os.replace(tmp, out / "report.json")
+    written = [out / "report.json"]
+    for iou, curves in report["pr_curves"].items():
+        name = f"pr_iou{round(float(iou) * 100):02d}.png"
+        written.append(plot_pr_curves(curves, iou, out / name))
+    written.append(plot_f1(report["f1"], report["pr_curves"]["0.5"], out / "f1.png"))
+    cm = report["confusion_matrix"]
+    written.append(plot_confusion(cm, out / "confusion_matrix.png"))
+    written.append(plot_confusion(cm, out / "confusion_matrix_normalized.png", normalized=True))
+    return written
+
+
+def describe_report(report: Mapping[str, Any]) -> str:
+    """One line for the log: the best score threshold and what it gives."""
+    f1 = report["f1"]
+    return (f"best score threshold {f1['best_score_thresh']:.2f} (mean F1 over classes "
+            f"{f1['best_mean_f1']:.3f}); PR curves, F1 and confusion matrix at IoU .5")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from detres.evaluation.analysis import REPORT_IOUS, ClassCurve, build_report
 from detres.evaluation.base import DetectionEvaluator, Prediction, to_numpy
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,13 @@ def voc_average_precisions(
     gt_image: np.ndarray, gt_class: np.ndarray, gt_boxes: np.ndarray, gt_difficult: np.ndarray,
     det_image: np.ndarray, det_class: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarray,
     *, num_classes: int, iou_thresholds: Sequence[float] | np.ndarray = IOU_THRESHOLDS,
-    use_07_metric: bool = False,
+    use_07_metric: bool = False, curves: dict[float, dict[int, Any]] | None = None,
 ) -> np.ndarray:
     """AP[t, c] for every IoU threshold t and class c (NaN for a class without non-difficult
     ground truth). Images and classes are integer indices; boxes are (x1, y1, x2, y2) in
-    the devkit's 1-based inclusive pixel coordinates."""
+    the devkit's 1-based inclusive pixel coordinates. ``curves``: filled with the curve
+    that gives each AP, ``curves[iou][c] = (scores, recall, precision)`` over the class's
+    ranked detections, for the thresholds of ``iou_thresholds`` among its keys."""
     k = num_classes
     thr = np.asarray(iou_thresholds, dtype=np.float64)
     gt_image, gt_class = np.asarray(gt_image, np.int64), np.asarray(gt_class, np.int64)
@@ -149,6 +152,11 @@ def voc_average_precisions(
         rec = tpc / float(npos[c])
         prec = tpc / np.maximum(tpc + fpc, eps)
         ap[:, c] = [voc_ap(rec[t], prec[t], use_07_metric) for t in range(len(thr))]
+        if curves is not None:
+            ranked = det_scores[dorder][bounds[c]:bounds[c + 1]]
+            for iou in curves:
+                t = int(np.argmin(np.abs(thr - iou)))
+                curves[iou][int(c)] = (ranked, rec[t], prec[t])
     return ap
 
 
@@ -274,9 +282,31 @@ class VOCEvaluator(DetectionEvaluator):
             raise ValueError(f"image index out of range [0, {len(self.image_ids)})")
         if len(scores) == 0:
             warnings.warn("VOC evaluation got no detections: every AP is 0", stacklevel=2)
+        curves: dict[float, dict[int, Any]] = {iou: {} for iou in REPORT_IOUS}
         ap = voc_average_precisions(*self._gt, image_index, class_index, scores, boxes,
                                     num_classes=len(self.class_names),
-                                    use_07_metric=self.use_07_metric)
+                                    use_07_metric=self.use_07_metric, curves=curves)
+        self._last = (curves, image_index, np.asarray(class_index, np.int64),
+                      np.asarray(scores, np.float64), np.asarray(boxes, np.float64))
         out = summarize_ap(ap, self.class_names, IOU_THRESHOLDS)
         out["metric"] = "voc07" if self.use_07_metric else "area"
         return out
+
+
+    def report(self) -> dict[str, Any]:
+        """:func:`~detres.evaluation.analysis.build_report` of the last scoring: the devkit
+        rules' own curves (``voc_ap`` of each gives the printed AP)."""
+        curves, img, cls, scores, boxes = self._last
+        names = list(self.class_names)
+        by_iou = {iou: [None if c not in cs else ClassCurve(
+            scores=cs[c][0], recall=cs[c][1], precision=cs[c][2],
+            ap=voc_ap(cs[c][1], cs[c][2], self.use_07_metric)) for c in range(len(names))]
+            for iou, cs in curves.items()}
+        g_img, g_cls, g_box, g_diff = self._gt
+        keep = ~np.asarray(g_diff, bool)
+        gt = {i: (g_cls[keep][g_img[keep] == i], g_box[keep][g_img[keep] == i])
+              for i in np.unique(g_img[keep]).tolist()}
+        det = {i: (cls[img == i], scores[img == i], boxes[img == i])
+               for i in np.unique(img).tolist()}
+        return build_report(by_iou, names, gt, det, source="VOC devkit rules "
+                            f"({'11-point VOC07' if self.use_07_metric else 'area'} AP)")
