@@ -252,6 +252,9 @@ class TrainCfg:
     log_period: int = 20
     eval_period: int = 0  # iterations between evaluations; 0: only at the end
     checkpoint_period: int = 0  # iterations between checkpoints; 0: only at the end
+    # TensorBoard event files in OUT/tensorboard beside metrics.jsonl: null (when the
+    # tensorboard package is installed: the [tensorboard] extra) | true (required) | false
+    tensorboard: bool | None = None
     # Early stopping: stop (exit 0) after this many evaluations without a better primary
     # metric (mAP@.5 for detection, top-1 error for classification); 0: off. The best
     # evaluation's weights are kept as model_best.pth either way.

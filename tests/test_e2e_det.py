@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -362,8 +363,16 @@ def test_run_folder_has_the_evaluation_report(run: dict[str, Path],
     for name, curve in report["pr_curves"]["0.5"].items():
         printed = metrics["per_class"][name]["AP@.5"]
         assert (curve is None and printed is None) or curve["ap"] == pytest.approx(printed), name
-    for png in ("pr_iou50", "pr_iou75", "f1", "confusion_matrix", "confusion_matrix_normalized"):
+    pngs = ("pr_iou50", "pr_iou75", "f1", "confusion_matrix", "confusion_matrix_normalized")
+    for png in pngs:
         assert (out / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    if importlib.util.find_spec("tensorboard") is not None:  # the test extra installs it
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(out / "tensorboard"))
+        acc.Reload()
+        assert sorted(acc.Tags()["images"]) == sorted(f"report/{p}" for p in pngs)
+        assert "loss" in acc.Tags()["scalars"] and "val/mAP@.5" in acc.Tags()["scalars"]
     image = run["data"] / "demo_det" / "images" / "val_00000.jpg"
     capsys.readouterr()
     assert tool("predict").main(["--cfg", str(out / "config.yaml"), "--weights",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -302,3 +303,35 @@ def test_best_checkpoint_and_early_stopping_survive_resume(
     _scored(tmp_path / "nopatience", 20).train()
     assert read_checkpoint(tmp_path / "nopatience" / ckpt.BEST)["meta"]["best"] == {
         "metric": "acc", "value": 0.7, "iteration": 12}
+
+
+def test_tensorboard_events_hold_the_records_and_a_resume_purges(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalars(tag: str) -> list[tuple[int, float]]:
+        acc = EventAccumulator(str(tmp_path / "tensorboard"))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    t = _trainer(tmp_path, 6, _step, "train.tensorboard=true", "train.eval_period=3")
+    t.train()
+    t.writer.add_image("picture", np.zeros((8, 12, 3), np.uint8), 6)
+    t.writer.close()
+    jsonl = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    loss = [(r["iteration"], r["loss"]) for r in jsonl if "loss" in r]
+    assert [s for s, _ in scalars("loss")] == [s for s, _ in loss] == [2, 4, 6]
+    assert [v for _, v in scalars("loss")] == pytest.approx([v for _, v in loss])
+    assert [s for s, _ in scalars("val/acc")] == [3, 6]
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert acc.Tags()["images"] == ["picture"]
+    # a run resumed from iteration 4 writes 6 again: one value per step remains
+    ckpt_path = tmp_path / "at4.pth"
+    part = _trainer(tmp_path / "p", 4, _step, "train.tensorboard=true")
+    part.train()
+    (tmp_path / "p" / ckpt.LAST).rename(ckpt_path)
+    resumed = _trainer(tmp_path, 6, _step, "train.tensorboard=true", "train.eval_period=3")
+    assert resumed.resume(ckpt_path)
+    resumed.train()
+    assert [s for s, _ in scalars("loss")] == [2, 4, 6]

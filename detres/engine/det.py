@@ -22,6 +22,7 @@ from detres.config import Config
 from detres.data.catalog import safe_name
 from detres.data.det_loader import build_det_sources, build_det_test_loader, build_det_train_loader
 from detres.data.det_source import DetSource, concat_sources
+from detres.data.image_io import load_image
 from detres.engine.checkpoint import unwrap
 from detres.engine.launch import Run
 from detres.engine.trainer import Trainer
@@ -160,12 +161,14 @@ def _score_on_test_set(model: Scorable, cfg: Config, device: torch.device,
     return metrics
 
 
-def save_report(evaluator: DetectionEvaluator, out_dir: Path) -> None:
+def save_report(evaluator: DetectionEvaluator, out_dir: Path) -> list[Path]:
     """The evaluation report of the evaluator's last scoring (PR and F1 curves, confusion
-    matrix: :mod:`detres.evaluation.analysis`) into ``out_dir``, logged in one line."""
+    matrix: :mod:`detres.evaluation.analysis`) into ``out_dir``, logged in one line; returns
+    the pictures written."""
     report = evaluator.report()  # type: ignore[attr-defined]
-    write_report(report, out_dir)
+    written = write_report(report, out_dir)
     LOG.info("%s -> %s", describe_report(report), out_dir)
+    return [p for p in written if p.suffix == ".png"]
 
 
 def evaluate_onnx(cfg: Config, path: str | Path, *, out_dir: Path | None = None
@@ -274,7 +277,10 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     metrics = trainer.train()
     if is_main_process() and metrics:
         write_metrics(metrics, run.out_dir / "metrics.json")
-        save_report(evaluator, run.out_dir / "report")
+        for png in save_report(evaluator, run.out_dir / "report"):  # the pictures as images
+            trainer.writer.add_image(f"report/{png.stem}", load_image(png),
+                                     trainer.state.iteration)
+        trainer.writer.close()
         plot_curves(run.out_dir / "metrics.jsonl", run.out_dir / "curves.png",
                     train_keys=["loss", "loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box"],
                     val_keys=["val/mAP@.5", "val/mAP@[.5,.95]"],

@@ -50,7 +50,7 @@ from detres.utils.dist import (
 )
 from detres.utils.errors import InputError, error_line
 from detres.utils.io import CheckpointWriteError, remove_stale_temp_files, rng_state, set_rng_state
-from detres.utils.logging import LOG, JSONLWriter
+from detres.utils.logging import LOG, build_writers
 from detres.utils.signals import StopSignals, parse_signals
 
 StepFn = Callable[[nn.Module, Any], dict[str, Tensor]]
@@ -110,7 +110,7 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, cfg.solver)
         self.amp = resolve_amp(cfg.train.amp, device, log=LOG)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
-        self.writer = JSONLWriter(self.out_dir)
+        self.writer = build_writers(self.out_dir, tensorboard=cfg.train.tensorboard)
         self.state = TrainState()
 
     # ------------------------------------------------------------------ checkpoints
@@ -392,4 +392,5 @@ class Trainer:
         final = self.save(ckpt.FINAL)
         if final is not None:
             LOG.info("saved %s", final)
+        self.writer.close()
         return self.state.last_metrics or {}

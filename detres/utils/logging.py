@@ -6,17 +6,20 @@ and either training scalars (losses, lr, time) or evaluation results (prefixed `
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import os
 import sys
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from detres.utils.dist import is_main_process
+from detres.utils.errors import InputError
 from detres.utils.io import atomic_write_text
 
 LOG = logging.getLogger("detres")
@@ -57,7 +60,28 @@ def _plain(v: Any) -> Any:
     return v
 
 
-class JSONLWriter:
+class MetricWriter(ABC):
+    """Where the training loop's records go. ``write(record)`` takes one record with its
+    ``iteration`` and scalars; ``add_image`` one picture; ``truncate_after`` drops what a
+    resumed run will write again. Rank 0 writes; other ranks' calls do nothing. Another
+    backend (MLflow, W&B) is one more subclass in :func:`build_writers`; the trainer does
+    not change."""
+
+    @abstractmethod
+    def write(self, record: dict[str, Any]) -> None:
+        """One record: ``iteration`` and named values."""
+
+    def add_image(self, tag: str, image: Any, iteration: int) -> None:  # noqa: B027
+        """An ``H x W x 3`` uint8 RGB picture (ignored by writers without pictures)."""
+
+    def truncate_after(self, iteration: int) -> None:  # noqa: B027
+        """On resume: forget records past ``iteration`` (the checkpoint's)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Flush and let go of files."""
+
+
+class JSONLWriter(MetricWriter):
     """Appends records to ``<out_dir>/metrics.jsonl`` (rank 0 only)."""
 
     def __init__(self, out_dir: str | os.PathLike[str], name: str = "metrics.jsonl") -> None:
@@ -84,6 +108,88 @@ class JSONLWriter:
             if rec.get("iteration", 0) <= iteration:
                 keep.append(ln)
         atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+
+class TensorBoardWriter(MetricWriter):
+    """TensorBoard event files in ``<out_dir>/tensorboard`` (``torch.utils.tensorboard``,
+    which needs the ``tensorboard`` package: the ``[tensorboard]`` extra): every numeric
+    field of a record as a scalar at its iteration, pictures as images. A resumed run purges
+    the events past its checkpoint (``purge_step``)."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.log_dir = Path(out_dir) / "tensorboard"
+        self._writer: Any = None
+        self._purge: int | None = None
+
+    def _get(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self._purge)
+        return self._writer
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        step = int(record.get("iteration", 0))
+        w = self._get()
+        for k, v in record.items():
+            if k != "iteration" and isinstance(v, int | float) and not isinstance(v, bool):
+                w.add_scalar(k, v, step)
+        w.flush()
+
+    def add_image(self, tag: str, image: Any, iteration: int) -> None:
+        if is_main_process():
+            self._get().add_image(tag, image, iteration, dataformats="HWC")
+            self._get().flush()
+
+    def truncate_after(self, iteration: int) -> None:
+        self._purge = iteration + 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class Writers(MetricWriter):
+    """Several writers as one."""
+
+    def __init__(self, writers: Sequence[MetricWriter]) -> None:
+        self.writers = list(writers)
+
+    def write(self, record: dict[str, Any]) -> None:
+        for w in self.writers:
+            w.write(record)
+
+    def add_image(self, tag: str, image: Any, iteration: int) -> None:
+        for w in self.writers:
+            w.add_image(tag, image, iteration)
+
+    def truncate_after(self, iteration: int) -> None:
+        for w in self.writers:
+            w.truncate_after(iteration)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def build_writers(out_dir: str | os.PathLike[str], *, tensorboard: bool | None = None
+                  ) -> Writers:
+    """``metrics.jsonl`` always; TensorBoard events with ``tensorboard=True`` (the package
+    must be installed), ``None`` (when it is) or not at all (``False``)."""
+    writers: list[MetricWriter] = [JSONLWriter(out_dir)]
+    if tensorboard and not tensorboard_available():
+        raise InputError("train.tensorboard=true needs the tensorboard package: "
+                         "pip install 'detres[tensorboard]' (or train.tensorboard=false)")
+    if tensorboard or (tensorboard is None and tensorboard_available()):
+        writers.append(TensorBoardWriter(out_dir))
+    return Writers(writers)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
