@@ -364,6 +364,10 @@ def test_run_folder_has_the_evaluation_report(run: dict[str, Path],
         printed = metrics["per_class"][name]["AP@.5"]
         assert (curve is None and printed is None) or curve["ap"] == pytest.approx(printed), name
     pngs = ("pr_iou50", "pr_iou75", "f1", "confusion_matrix", "confusion_matrix_normalized")
+    # the data as the model saw it, and val images with the ground truth beside detections
+    for jpg in (out / "train_batch0.jpg", out / "train_batch2.jpg",
+                out / "report" / "val_examples.jpg"):
+        assert jpg.read_bytes()[:2] == b"\xff\xd8", jpg
     for png in pngs:
         assert (out / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     if importlib.util.find_spec("tensorboard") is not None:  # the test extra installs it
@@ -371,7 +375,9 @@ def test_run_folder_has_the_evaluation_report(run: dict[str, Path],
 
         acc = EventAccumulator(str(out / "tensorboard"))
         acc.Reload()
-        assert sorted(acc.Tags()["images"]) == sorted(f"report/{p}" for p in pngs)
+        assert sorted(acc.Tags()["images"]) == sorted(
+            [*(f"report/{p}" for p in pngs), "report/val_examples",
+             *(f"train_batch{i}" for i in range(3))])
         assert "loss" in acc.Tags()["scalars"] and "val/mAP@.5" in acc.Tags()["scalars"]
     image = run["data"] / "demo_det" / "images" / "val_00000.jpg"
     capsys.readouterr()

@@ -33,12 +33,12 @@ from detres.engine.predict import (
     list_images,
     output_name,
     predict_files,
-    write_image,
 )
 from detres.export import OnnxDetector
 from detres.utils.device import resolve_device
 from detres.utils.errors import InputError
 from detres.utils.logging import setup_logging
+from detres.utils.visualizer import write_image
 
 
 def build_parser() -> argparse.ArgumentParser:

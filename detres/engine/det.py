@@ -8,10 +8,13 @@ evaluator of the set's format: COCO (pycocotools) or VOC (the devkit rules).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -40,6 +43,7 @@ from detres.utils.device import autocast_context
 from detres.utils.dist import get_world_size, is_main_process
 from detres.utils.errors import InputError
 from detres.utils.logging import LOG, plot_curves
+from detres.utils.visualizer import draw_boxes, grid, palette, side_by_side, write_image
 
 
 def build_det_evaluator(src: DetSource, *, out_dir: Path | None = None,
@@ -157,18 +161,74 @@ def _score_on_test_set(model: Scorable, cfg: Config, device: torch.device,
                                     coco_backend=cfg.evaluation.coco_backend)
     metrics = run_detector(model, loader, src, evaluator, device, amp, channels_last)
     if metrics and out_dir is not None:  # rank 0
-        save_report(evaluator, out_dir / "report")
+        save_report(evaluator, out_dir / "report", src)
     return metrics
 
 
-def save_report(evaluator: DetectionEvaluator, out_dir: Path) -> list[Path]:
+def save_report(evaluator: DetectionEvaluator, out_dir: Path, src: DetSource | None = None,
+                examples: int = 8) -> list[Path]:
     """The evaluation report of the evaluator's last scoring (PR and F1 curves, confusion
-    matrix: :mod:`detres.evaluation.analysis`) into ``out_dir``, logged in one line; returns
-    the pictures written."""
+    matrix: :mod:`detres.evaluation.analysis`) into ``out_dir``, and with ``src`` its first
+    ``examples`` images with the ground truth beside the detections kept at the report's best
+    threshold (``val_examples.jpg``); logged in one line; returns the pictures written."""
     report = evaluator.report()  # type: ignore[attr-defined]
-    written = write_report(report, out_dir)
+    written = [p for p in write_report(report, out_dir) if p.suffix == ".png"]
+    if src is not None and examples:
+        names, gt, det = evaluator.last_pairs  # type: ignore[attr-defined]
+        pics = val_examples(src, names, gt, det, report["f1"]["best_score_thresh"], examples)
+        if pics:
+            written.append(write_image(out_dir / "val_examples.jpg", grid(pics, cell=640,
+                                                                          cols=2)))
     LOG.info("%s -> %s", describe_report(report), out_dir)
-    return [p for p in written if p.suffix == ".png"]
+    return written
+
+
+def val_examples(src: DetSource, names: list[str], gt: dict[Any, Any], det: dict[Any, Any],
+                 thresh: float, n: int) -> list[np.ndarray]:
+    """The first ``n`` images of ``src``: the ground truth (left) beside the detections at
+    or above ``thresh`` with their scores (right), in the classes' colours."""
+    colours = palette(len(names))
+    out = []
+    for r in list(itertools.islice(src.records, n)):
+        image = load_image(r["file"])
+        gc, gb = gt.get(r["image_id"], (np.zeros(0, np.int64), np.zeros((0, 4))))
+        dc, ds, db = det.get(r["image_id"], (np.zeros(0, np.int64), np.zeros(0),
+                                             np.zeros((0, 4))))
+        keep = ds >= thresh
+        left = draw_boxes(image, gb.tolist(), [names[c] for c in gc.tolist()],
+                          [colours[c] for c in gc.tolist()])
+        right = draw_boxes(image, db[keep].tolist(),
+                           [f"{names[c]} {s:.2f}" for c, s in zip(dc[keep].tolist(),
+                                                                 ds[keep].tolist(), strict=True)],
+                           [colours[c] for c in dc[keep].tolist()])
+        out.append(side_by_side(left, right))
+    return out
+
+
+def batch_mosaic(images: Tensor, targets: list[dict[str, Any]], names: list[str]
+                 ) -> np.ndarray:
+    """A training batch as the model sees it (after augmentation, before normalization):
+    each image with its boxes and class names."""
+    colours = palette(len(names))
+    drawn = []
+    for img, t in zip(images, targets, strict=True):
+        h, w = (int(v) for v in t["image_size"])
+        labels = [int(c) - 1 for c in t["gt_classes"].tolist()]
+        drawn.append(draw_boxes(img[:, :h, :w], t["gt_boxes"].tolist(),
+                                [names[c] for c in labels], [colours[c] for c in labels]))
+    return grid(drawn, cell=320)
+
+
+def with_batch_mosaics(batches: Iterator[Any], out_dir: Path, names: list[str],
+                       writer: Any, n: int = 3) -> Iterator[Any]:
+    """``batches`` unchanged; the first ``n`` drawn to ``OUT/train_batch<i>.jpg`` (and the
+    writer's images) as they pass."""
+    for i, batch in enumerate(batches):
+        if i < n:
+            mosaic = batch_mosaic(batch[0], batch[1], names)
+            write_image(out_dir / f"train_batch{i}.jpg", mosaic)
+            writer.add_image(f"train_batch{i}", mosaic, 0)
+        yield batch
 
 
 def evaluate_onnx(cfg: Config, path: str | Path, *, out_dir: Path | None = None
@@ -264,8 +324,11 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
         return metrics
 
     def batches(start: int) -> Any:
-        return iter(build_det_train_loader(cfg, per_rank, start_iter=start,
-                                           sources=train_sources))
+        it = iter(build_det_train_loader(cfg, per_rank, start_iter=start,
+                                         sources=train_sources))
+        if start == 0 and is_main_process():  # the data as the model sees it, once
+            return with_batch_mosaics(it, run.out_dir, train_src.class_names, trainer.writer)
+        return it
 
     trainer = Trainer(cfg, net, batches, step, evaluate, run.out_dir, device=device,
                       primary_metric="mAP@.5", lower_is_better=False,
@@ -277,7 +340,7 @@ def train_detector(run: Run, resume: str | None = None) -> dict[str, Any]:
     metrics = trainer.train()
     if is_main_process() and metrics:
         write_metrics(metrics, run.out_dir / "metrics.json")
-        for png in save_report(evaluator, run.out_dir / "report"):  # the pictures as images
+        for png in save_report(evaluator, run.out_dir / "report", test_src):  # also as images
             trainer.writer.add_image(f"report/{png.stem}", load_image(png),
                                      trainer.state.iteration)
         trainer.writer.close()

@@ -11,7 +11,6 @@ concerns a sizeable share of the objects.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from detres.config import Config
 from detres.data.det_source import DetSource
 from detres.data.det_transforms import image_tensor
 from detres.data.image_io import load_image
-from detres.engine.predict import palette, write_image
 from detres.preprocess import resized_hw
+from detres.utils.visualizer import draw_boxes, grid, palette, write_image
 
 #: share of the objects below the smallest anchor (after resizing) that draws a warning
 SMALL_SHARE = 0.2
@@ -96,49 +95,24 @@ def anchor_warnings(stats: dict[str, Any]) -> list[str]:
 def draw_ground_truth(image: Tensor, boxes: Tensor, labels: list[str],
                       colours: dict[str, tuple[int, int, int]]) -> np.ndarray:
     """``(H, W, 3)`` RGB uint8 with each box and its class name."""
-    import cv2
-
-    canvas = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-    h, w = canvas.shape[:2]
-    line = max(1, round(min(h, w) / 250))
-    scale = max(0.35, min(h, w) / 700)
-    for b, name in zip(boxes.tolist(), labels, strict=True):
-        x1, y1, x2, y2 = (int(round(v)) for v in b)
-        c = colours[name]
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), c, line)
-        (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = max(0, y1 - th - base - 2)
-        cv2.rectangle(canvas, (x1, top), (min(x1 + tw + 2, w - 1), top + th + base + 2), c, -1)
-        ink = (0, 0, 0) if 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] > 140 else (255,) * 3
-        cv2.putText(canvas, name, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, ink,
-                    1, cv2.LINE_AA)
-    return canvas
+    return draw_boxes(image, boxes.tolist(), labels, [colours[n] for n in labels])
 
 
 def image_grid(src: DetSource, path: Path, *, n: int = 16, cell: int = 320,
                seed: int = 0) -> Path:
     """A PNG of ``n`` images of the set (a fixed random draw), each fitted into a ``cell``
     square with its boxes and class names."""
-    import cv2
 
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(src.records), size=min(n, len(src.records)), replace=False)
     colours = dict(zip(src.class_names, palette(src.num_classes), strict=True))
-    cols = math.ceil(math.sqrt(len(picks)))
-    rows = math.ceil(len(picks) / cols)
-    grid = np.full((rows * cell, cols * cell, 3), 32, np.uint8)
-    for k, j in enumerate(picks):
+    drawn = []
+    for j in picks:
         r = src.records[int(j)]
-        img = image_tensor(load_image(r["file"]))
         names = [src.class_names[c - 1] for c in r["classes"].tolist()]
-        drawn = draw_ground_truth(img, r["boxes"], names, colours)
-        s = cell / max(drawn.shape[:2])
-        small = cv2.resize(drawn, (max(1, round(drawn.shape[1] * s)),
-                                   max(1, round(drawn.shape[0] * s))),
-                           interpolation=cv2.INTER_AREA)
-        y, x = (k // cols) * cell, (k % cols) * cell
-        grid[y:y + small.shape[0], x:x + small.shape[1]] = small
-    return write_image(path, torch.from_numpy(grid).permute(2, 0, 1))
+        drawn.append(draw_ground_truth(image_tensor(load_image(r["file"])), r["boxes"], names,
+                                       colours))
+    return write_image(path, grid(drawn, cell=cell))
 
 
 def size_histogram(stats: dict[str, Any], path: Path) -> Path:

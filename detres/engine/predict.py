@@ -8,13 +8,10 @@ checkpoint written by the trainer sets (``load_detector_weights``).
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +22,7 @@ from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_weights, resolve_weights
 from detres.modeling.test_time import TestTimeDetector, with_test_time
 from detres.utils.device import autocast_context
+from detres.utils.visualizer import draw_boxes, palette
 
 #: what runs on image files: a detector, an exported one, or one with a test-time switch
 Detector = FasterRCNN | OnnxDetector | TestTimeDetector
@@ -87,67 +85,19 @@ def class_names_by_id(model: Detector) -> dict[int, str]:
     return dict(zip(model.category_ids, model.class_names, strict=True))
 
 
-def palette(n: int) -> list[tuple[int, int, int]]:
-    """``n`` well-separated RGB colours (evenly spaced hues)."""
-    out = []
-    for i in range(n):
-        r, g, b = colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 1.0)
-        out.append((int(255 * r), int(255 * g), int(255 * b)))
-    return out
-
-
-def label_style(h: int, w: int) -> tuple[float, int, int]:
-    """(font scale, text thickness, box line width) for an ``h x w`` image: readable on a
-    thumbnail and on a 4K photograph alike."""
-    side = min(h, w)
-    scale = max(0.35, side / 700)
-    return scale, max(1, round(scale * 1.6)), max(1, round(side / 250))
-
-
 def draw_detections(image: Tensor, det: dict[str, Tensor], model: Detector,
                     width: int | None = None) -> Tensor:
     """``image`` (float in [0, 1] or uint8, ``(3, H, W)``) with its boxes drawn in their class
-    colours, each labelled ``"name score"`` in a filled label box on the box's top edge (as
-    Detectron2's Visualizer does), text and lines sized to the image; returns uint8."""
-    img = image if image.dtype == torch.uint8 else (image * 255).round().clamp(0, 255).byte()
-    if len(det["boxes"]) == 0:
-        return img.clone()
-    h, w = img.shape[-2:]
-    scale, thick, line = label_style(h, w)
-    line = width or line
+    colours, each labelled ``"name score"`` (:func:`detres.utils.visualizer.draw_boxes`);
+    returns uint8 ``(3, H, W)``."""
     names = class_names_by_id(model)
     colours = dict(zip(model.category_ids, palette(len(model.category_ids)), strict=True))
-    canvas = np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy())  # (H, W, 3) RGB
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for box, c, s in zip(det["boxes"].float().tolist(), det["labels"].tolist(),
-                         det["scores"].tolist(), strict=True):
-        colour = colours.get(int(c), (255, 255, 255))
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, line)
-        text = f"{names.get(int(c), str(c))} {float(s):.2f}"
-        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
-        pad = max(1, thick)
-        top = y1 - th - base - 2 * pad
-        if top < 0:  # no room above the box: inside its top edge
-            top = y1
-        bottom = top + th + base + 2 * pad
-        cv2.rectangle(canvas, (x1, top), (min(x1 + tw + 2 * pad, w - 1), bottom), colour, -1)
-        luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-        ink = (0, 0, 0) if luma > 140 else (255, 255, 255)
-        cv2.putText(canvas, text, (x1 + pad, bottom - base - pad), font, scale, ink, thick,
-                    cv2.LINE_AA)
+    labels = [int(c) for c in det["labels"].tolist()]
+    canvas = draw_boxes(image, det["boxes"].float().tolist(),
+                        [f"{names.get(c, str(c))} {float(s):.2f}"
+                         for c, s in zip(labels, det["scores"].tolist(), strict=True)],
+                        [colours.get(c, (255, 255, 255)) for c in labels], width=width)
     return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
-
-
-def write_image(path: str | Path, image: Tensor) -> Path:
-    """Write a uint8 RGB ``(3, H, W)`` tensor; the suffix picks the format (cv2)."""
-    path = Path(path)
-    bgr = cv2.cvtColor(image.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(path.suffix, bgr)
-    if not ok:
-        raise ValueError(f"cannot encode an image as {path.suffix!r} for {path}")
-    buf.tofile(str(path))  # unlike imwrite, non-ASCII paths work
-    return path
 
 
 def detection_record(file: str | Path, image: Tensor, det: dict[str, Tensor],

@@ -289,6 +289,7 @@ class COCOEvaluator(DetectionEvaluator):
                    np.asarray([s for _, s, _ in v], np.float64),
                    np.asarray([b for _, _, b in v], np.float64).reshape(-1, 4))
                for i, v in det_rows.items()}
+        self.last_pairs = (names, gt, det)  # for pictures of examples
         return build_report(coco_curves(ev), names, gt, det,
                             source=f"COCO ({self.backend}), area all, maxDets "
                                    f"{ev.params.maxDets[-1]}")

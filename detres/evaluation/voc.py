@@ -308,5 +308,8 @@ class VOCEvaluator(DetectionEvaluator):
               for i in np.unique(g_img[keep]).tolist()}
         det = {i: (cls[img == i], scores[img == i], boxes[img == i])
                for i in np.unique(img).tolist()}
+        image_ids = list(self.image_ids)
+        self.last_pairs = (names, {image_ids[i]: v for i, v in gt.items()},
+                           {image_ids[i]: v for i, v in det.items()})  # for pictures
         return build_report(by_iou, names, gt, det, source="VOC devkit rules "
                             f"({'11-point VOC07' if self.use_07_metric else 'area'} AP)")

@@ -1,14 +1,121 @@
-"""Pictures of an evaluation: precision-recall curves, F1 against the score threshold, the
-confusion matrix (the numbers come from :mod:`detres.evaluation.analysis`; this module only
-draws). matplotlib with the Agg backend, imported when a picture is drawn."""
+"""Every picture detres draws, in one place: boxes with labels (``predict.py``,
+``inspect_data.py``, the training-batch mosaics, the validation examples), image grids, and
+the plots of an evaluation (precision-recall curves, F1 against the score threshold, the
+confusion matrix; their numbers come from :mod:`detres.evaluation.analysis`, this module
+only draws). Images are ``H x W x 3`` uint8 RGB numpy arrays; OpenCV draws boxes, matplotlib
+(Agg backend, imported when a plot is drawn) the plots."""
 
 from __future__ import annotations
 
+import colorsys
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+
+Colour = tuple[int, int, int]
+
+
+def palette(n: int) -> list[Colour]:
+    """``n`` well-separated RGB colours (evenly spaced hues)."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 1.0)
+        out.append((int(255 * r), int(255 * g), int(255 * b)))
+    return out
+
+
+def label_style(h: int, w: int) -> tuple[float, int, int]:
+    """(font scale, text thickness, box line width) for an ``h x w`` image: readable on a
+    thumbnail and on a 4K photograph alike."""
+    side = min(h, w)
+    scale = max(0.35, side / 700)
+    return scale, max(1, round(scale * 1.6)), max(1, round(side / 250))
+
+
+def to_hwc(image: Any) -> np.ndarray:
+    """A ``(3, H, W)`` tensor (float in [0, 1] or uint8) or an ``H x W x 3`` array as a
+    contiguous ``H x W x 3`` uint8 array (a copy: drawing never touches the input)."""
+    if hasattr(image, "detach"):  # a tensor: channels first
+        a = image.detach().cpu().numpy().transpose(1, 2, 0)
+    else:
+        a = np.asarray(image)
+    if a.dtype != np.uint8:
+        a = np.clip(np.round(a.astype(np.float64) * 255), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a).copy()
+
+
+def draw_boxes(image: Any, boxes: Sequence[Sequence[float]], texts: Sequence[str],
+               colours: Sequence[Colour], *, width: int | None = None) -> np.ndarray:
+    """``image`` with each box drawn in its colour and labelled by its text in a filled label
+    on its top edge (inside it where there is no room above), as Detectron2's Visualizer
+    does; lines and text sized to the image. Returns a new ``H x W x 3`` uint8 array."""
+    canvas = to_hwc(image)
+    h, w = canvas.shape[:2]
+    scale, thick, line = label_style(h, w)
+    line = width or line
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for box, text, colour in zip(boxes, texts, colours, strict=True):
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, line)
+        if not text:
+            continue
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        pad = max(1, thick)
+        top = y1 - th - base - 2 * pad
+        if top < 0:  # no room above the box: inside its top edge
+            top = y1
+        bottom = top + th + base + 2 * pad
+        cv2.rectangle(canvas, (x1, top), (min(x1 + tw + 2 * pad, w - 1), bottom), colour, -1)
+        luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        ink = (0, 0, 0) if luma > 140 else (255, 255, 255)
+        cv2.putText(canvas, text, (x1 + pad, bottom - base - pad), font, scale, ink, thick,
+                    cv2.LINE_AA)
+    return canvas
+
+
+def fit(image: np.ndarray, cell: int) -> np.ndarray:
+    """``image`` shrunk (or grown) so that its longer side is ``cell``."""
+    s = cell / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+
+
+def grid(images: Sequence[np.ndarray], *, cell: int = 320, cols: int | None = None,
+         background: int = 32) -> np.ndarray:
+    """Images fitted into ``cell`` squares, row by row (``cols`` per row, else a square)."""
+    cols = cols or max(1, math.ceil(math.sqrt(len(images))))
+    rows = max(1, math.ceil(len(images) / cols))
+    out = np.full((rows * cell, cols * cell, 3), background, np.uint8)
+    for k, img in enumerate(images):
+        small = fit(img, cell)
+        y, x = (k // cols) * cell, (k % cols) * cell
+        out[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return out
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
+    h = max(left.shape[0], right.shape[0])
+    out = np.full((h, left.shape[1] + gap + right.shape[1], 3), 255, np.uint8)
+    out[:left.shape[0], :left.shape[1]] = left
+    out[:right.shape[0], left.shape[1] + gap:] = right
+    return out
+
+
+def write_image(path: str | os.PathLike[str], image: Any) -> Path:
+    """Write an image (any form :func:`to_hwc` takes); the suffix picks the format."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(to_hwc(image), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(path.suffix, bgr)
+    if not ok:
+        raise ValueError(f"cannot encode an image as {path.suffix!r} for {path}")
+    buf.tofile(str(path))  # unlike imwrite, non-ASCII paths work
+    return path
 
 #: at most this many classes get their own line; the rest are drawn thin and grey
 _LABELED = 10
