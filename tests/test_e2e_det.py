@@ -386,3 +386,40 @@ def test_run_folder_has_the_evaluation_report(run: dict[str, Path],
                                  str(run["tmp"] / "best"), "--score-thresh", "best"]) == 0
     thresh = report["f1"]["best_score_thresh"]
     assert f"score threshold {thresh:.2f}: the best F1 of" in capsys.readouterr().out
+
+
+def test_predict_video_recursive_folders_and_globs(run: dict[str, Path],
+                                                   tool: Callable[[str], ModuleType]) -> None:
+    """--input clip.mp4 writes an annotated video and one JSON line per frame; a folder is
+    searched recursively (outputs keep the sub-folder); a glob is expanded."""
+    import cv2
+
+    out, images = run["full"], run["data"] / "demo_det" / "images"
+    tmp = run["tmp"] / "media"
+    (tmp / "a" / "b").mkdir(parents=True)
+    frames = [cv2.imread(str(images / f"val_0000{i}.jpg")) for i in range(5)]
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (w, h))
+    for f in frames:
+        writer.write(cv2.resize(f, (w, h)))
+    writer.release()
+    (tmp / "a" / "b" / "deep.jpg").write_bytes((images / "val_00001.jpg").read_bytes())
+    (tmp / "top.jpg").write_bytes((images / "val_00002.jpg").read_bytes())
+    args = ["--cfg", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"),
+            "--score-thresh", "0.0", "--batch-size", "2"]
+    pred = run["tmp"] / "pred_media"
+    assert tool("predict").main([*args, "--input", str(tmp), "--out", str(pred)]) == 0
+    lines = [json.loads(x) for x in (pred / "clip.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == list(range(5))
+    assert lines[1]["time_s"] == pytest.approx(0.2) and "boxes" in lines[0]
+    cap = cv2.VideoCapture(str(pred / "clip.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    cap.release()
+    assert (pred / "a" / "b" / "deep.jpg").is_file() and (pred / "top.jpg").is_file()
+    recs = json.loads((pred / "predictions.json").read_text())
+    assert sorted(Path(r["file"]).name for r in recs) == ["deep.jpg", "top.jpg"]
+    pred2 = run["tmp"] / "pred_glob"
+    assert tool("predict").main([*args, "--input", str(tmp / "**" / "*.jpg"), "--out",
+                                 str(pred2)]) == 0
+    recs = json.loads((pred2 / "predictions.json").read_text())
+    assert sorted(Path(r["file"]).name for r in recs) == ["deep.jpg", "top.jpg"]

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Run a trained detector on images: draw the detections and write them as JSON.
+"""Run a trained detector on images and videos: draw the detections and write them as JSON.
 
     python tools/predict.py --cfg output/demo/config.yaml --weights output/demo/model_final.pth \\
-        --input photo.jpg|images_dir [more ...] --out predictions/ [--score-thresh 0.5]
+        --input photo.jpg|images_dir|'photos/**/*.jpg'|clip.mp4 [more ...] --out predictions/ \\
+        [--score-thresh 0.5|best]
     python tools/predict.py --onnx demo.onnx --input ... --out ...   (an exported detector)
 
-Writes ``OUT/<image name>`` (boxes with class names and scores drawn; JPEG and PNG inputs
-keep their format, others become PNG) and ``OUT/predictions.json``: a list with, per image,
+Folders are searched recursively (the output keeps their sub-folders); globs are expanded.
+Images run in batches of ``--batch-size``. Writes ``OUT/<image name>`` (boxes with class
+names and scores drawn; JPEG and PNG inputs keep their format, others become PNG), for a
+video ``OUT/<name>.mp4`` (annotated) and ``OUT/<name>.jsonl`` (one line per frame: ``frame``,
+``time_s`` and the detections), and ``OUT/predictions.json``: a list with, per image,
 ``file``, ``height``, ``width``, ``boxes`` (x1, y1, x2, y2 in input pixels), ``scores``,
 ``labels`` (the data set's category ids) and ``class_names``. Class names and ids come from
 the checkpoint; the config must describe the same detector (its saved ``config.yaml`` does).
@@ -20,6 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
+import cv2
 from tqdm import tqdm
 
 from detres.config import load_config
@@ -30,9 +35,11 @@ from detres.engine.predict import (
     build_predictor,
     detection_record,
     draw_detections,
-    list_images,
-    output_name,
+    is_video,
+    list_inputs,
     predict_files,
+    predict_video,
+    video_info,
 )
 from detres.export import OnnxDetector
 from detres.utils.device import resolve_device
@@ -47,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="detector checkpoint (model_final.pth)")
     p.add_argument("--onnx", type=Path,
                    help="an exported detector (tools/export.py) instead of --cfg/--weights")
-    p.add_argument("--input", required=True, nargs="+", help="image files and/or directories")
+    p.add_argument("--input", required=True, nargs="+",
+                   help="image or video files, folders (searched recursively) or globs "
+                        "('photos/**/*.jpg', quoted)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--score-thresh", default="0.5",
                    help="draw and write detections at or above this score (default 0.5; the "
@@ -85,11 +94,15 @@ def score_threshold(value: str, weights: str | None) -> float:
 def run(args: argparse.Namespace) -> int:
     setup_logging()
     args.score_thresh = score_threshold(args.score_thresh, args.weights)
-    files = [Path(f) for f in usable_files(list_images(args.input), policy=args.bad_images)]
-    names = [output_name(f) for f in files]
+    inputs = list_inputs(args.input)
+    names = [n for _, n in inputs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(f"several inputs would be written as {dup}; rename or run separately")
+    videos = [(f, n) for f, n in inputs if is_video(f)]
+    usable = set(usable_files([f for f, _ in inputs if not is_video(f)],
+                              policy=args.bad_images))
+    images = [(f, n) for f, n in inputs if str(f) in usable]
     if args.onnx is not None:
         model: Detector = OnnxDetector(args.onnx)
         amp = "none"  # onnxruntime runs the graph in float32
@@ -101,19 +114,52 @@ def run(args: argparse.Namespace) -> int:
         model, amp = build_predictor(cfg, args.weights, resolve_device(cfg.train.device)), \
             cfg.evaluation.amp
     args.out.mkdir(parents=True, exist_ok=True)
+    for f, name in videos:
+        annotate_video(model, f, args.out / name, args, amp)
+    if not images:
+        return 0
     records = []
-    stream = predict_files(model, files, batch_size=args.batch_size,
+    stream = predict_files(model, [f for f, _ in images], batch_size=args.batch_size,
                            score_thresh=args.score_thresh, amp=amp)
-    bar = tqdm(zip(stream, names, strict=True), total=len(files), desc="predict", unit="img",
-               dynamic_ncols=True, disable=len(files) < 2)
+    bar = tqdm(zip(stream, [n for _, n in images], strict=True), total=len(images),
+               desc="predict", unit="img", dynamic_ncols=True, disable=len(images) < 2)
     for (f, image, det), name in bar:
         write_image(args.out / name, draw_detections(image, det, model))
         records.append(detection_record(f, image, det, model))
-        bar.write(f"{f}: {len(det['boxes'])} detection(s) -> {args.out / name}")
+        if len(images) <= 20:
+            bar.write(f"{f}: {len(det['boxes'])} detection(s) -> {args.out / name}")
     out_json = args.out / "predictions.json"
     out_json.write_text(json.dumps(records, indent=1))
     print(f"wrote {out_json} ({len(records)} image(s), score >= {args.score_thresh})")
     return 0
+
+
+def annotate_video(model: Detector, src: Path, dst: Path, args: argparse.Namespace,
+                   amp: str) -> None:
+    """``dst``: the video with its detections drawn (MP4), and ``dst.jsonl``: one JSON line
+    per frame (frame index, time, boxes, scores, labels, class names); frames/s in the
+    progress bar."""
+    fps, count, (w, h) = video_info(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(dst), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise InputError(f"cannot write the video {dst} (OpenCV's MP4 writer)")
+    lines = dst.with_suffix(".jsonl")
+    n = 0
+    try:
+        with open(lines, "w") as out, tqdm(total=count or None, desc=src.name, unit="frame",
+                                           dynamic_ncols=True) as bar:
+            for i, t, frame, det in predict_video(model, src, batch_size=args.batch_size,
+                                                  score_thresh=args.score_thresh, amp=amp):
+                drawn = draw_detections(frame, det, model).permute(1, 2, 0).numpy()
+                writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                rec = detection_record(src, frame, det, model)
+                out.write(json.dumps({"frame": i, "time_s": round(t, 4), **rec}) + "\n")
+                n += 1
+                bar.update()
+    finally:
+        writer.release()
+    print(f"wrote {dst} and {lines} ({n} frames at {fps:g} fps, score >= {args.score_thresh})")
 
 
 def main(argv: list[str] | None = None) -> int:

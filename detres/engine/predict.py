@@ -8,10 +8,12 @@ checkpoint written by the trainer sets (``load_detector_weights``).
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from torch import Tensor
 
@@ -22,6 +24,7 @@ from detres.export import OnnxDetector
 from detres.modeling import FasterRCNN, build_detector, load_weights, resolve_weights
 from detres.modeling.test_time import TestTimeDetector, with_test_time
 from detres.utils.device import autocast_context
+from detres.utils.errors import FileReadError
 from detres.utils.visualizer import draw_boxes, palette
 
 #: what runs on image files: a detector, an exported one, or one with a test-time switch
@@ -30,24 +33,86 @@ Detector = FasterRCNN | OnnxDetector | TestTimeDetector
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files from paths that are files or directories (a directory's images with a
-    known suffix, sorted, not recursive); a missing path or an empty directory is an error."""
-    files: list[Path] = []
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def list_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """``(file, output name)`` for paths that are image or video files, folders (searched
+    recursively: the output name keeps the sub-folder) or globs (``photos/**/*.jpg``); a
+    missing path, an empty folder or a glob that matches nothing is an error."""
+    out: list[tuple[Path, str]] = []
+    media = (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file()
-                           and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file()
+                           and f.suffix.lower() in media)
             if not found:
-                raise FileNotFoundError(f"input directory {p} has no image files "
-                                        f"({', '.join(IMAGE_SUFFIXES)})")
-            files += found
+                raise FileNotFoundError(f"input directory {p} has no image or video files "
+                                        f"({', '.join(media)}), searched recursively")
+            out += [(f, output_name(f.relative_to(p))) for f in found]
         elif p.is_file():
-            files.append(p)
+            out.append((p, output_name(Path(p.name))))
+        elif glob.has_magic(str(item)):
+            found = sorted(Path(f) for f in glob.glob(str(item), recursive=True)
+                           if Path(f).is_file() and Path(f).suffix.lower() in media)
+            if not found:
+                raise FileNotFoundError(f"input pattern {item!r} matches no image or video file")
+            out += [(f, output_name(Path(f.name))) for f in found]
         else:
             raise FileNotFoundError(f"input {p} does not exist")
-    return files
+    return out
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The files of :func:`list_inputs`."""
+    return [f for f, _ in list_inputs(inputs)]
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def predict_video(model: Detector, path: Path, *, batch_size: int = 4,
+                  score_thresh: float = 0.0, amp: str = "auto"
+                  ) -> Iterator[tuple[int, float, Tensor, dict[str, Tensor]]]:
+    """``(frame index, time in s, frame (3, H, W) uint8 RGB, detections)`` per frame of a
+    video (OpenCV's decoder), ``batch_size`` frames per forward pass."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise FileReadError(f"video file {path} cannot be opened")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    model.eval()
+    index = 0
+    try:
+        while True:
+            frames = []
+            for _ in range(batch_size):
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                frames.append(torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                              .permute(2, 0, 1).contiguous())
+            if not frames:
+                return
+            with torch.inference_mode(), autocast_context(model.device, amp):
+                dets = model.predict(frames)
+            for frame, det in zip(frames, dets, strict=True):
+                yield index, (index / fps if fps else 0.0), frame, keep_scores(det,
+                                                                                score_thresh)
+                index += 1
+    finally:
+        cap.release()
+
+
+def video_info(path: Path) -> tuple[float, int, tuple[int, int]]:
+    """(frames per second, frame count as the container says, (width, height))."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return (cap.get(cv2.CAP_PROP_FPS) or 25.0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
+                (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))))
+    finally:
+        cap.release()
 
 
 def read_image(path: str | Path) -> Tensor:
@@ -117,8 +182,12 @@ def detection_record(file: str | Path, image: Tensor, det: dict[str, Tensor],
 
 
 def output_name(file: Path) -> str:
-    """The drawn image's file name: the input's, as PNG unless it is a JPEG or PNG."""
-    return file.name if file.suffix.lower() in (".jpg", ".jpeg", ".png") else f"{file.stem}.png"
+    """The drawn file's name (a relative path keeps its folders): the input's, as PNG unless
+    it is a JPEG or PNG; a video's as MP4."""
+    if file.suffix.lower() in VIDEO_SUFFIXES:
+        return str(file.with_suffix(".mp4"))
+    keep = file.suffix.lower() in (".jpg", ".jpeg", ".png")
+    return str(file if keep else file.with_suffix(".png"))
 
 
 def build_predictor(cfg: Config, weights: str | Path, device: torch.device
