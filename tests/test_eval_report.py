@@ -129,3 +129,30 @@ def test_f1_best_threshold_and_missed_objects() -> None:
                                np.array([[0, 0, 10, 10], [50, 50, 60, 60.]]))},
                           2, score_thresh=0.05)
     assert cm.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
+
+
+def test_coco_error_breakdown_steps(tmp_path: Path) -> None:
+    """The COCO API's analyze(): C75 <= C50 <= Loc <= Sim <= Oth <= BG <= FN = 1, C75 and
+    C50 equal the printed AP75 / AP50, and forgiving class confusions gains where the case
+    has confusions (a supercategory holds two of the three classes)."""
+    gt_path = tmp_path / "instances.json"
+    preds = coco_case(gt_path, seed=1)
+    data = json.loads(gt_path.read_text())
+    for c in data["categories"]:
+        c["supercategory"] = "pet" if c["name"] in ("cat", "dog") else "wild"
+    gt_path.write_text(json.dumps(data))
+    ev = EVALUATORS.build("coco", gt=str(gt_path), backend="pycocotools")
+    ev.process(preds)
+    metrics = ev.evaluate()
+    report = ev.report()
+    eb = report["error_breakdown"]
+    steps = eb["by_area"]["all"]
+    values = [steps[t] for t in eb["types"]]
+    assert values == sorted(values) and values[-1] == 1.0
+    assert steps["C75"] == pytest.approx(metrics["AP75"], abs=1e-12)
+    assert steps["C50"] == pytest.approx(metrics["AP50"], abs=1e-12)
+    assert steps["Oth"] > steps["Loc"]  # the case confuses classes: forgiving them pays
+    assert set(eb["by_area"]) == {"all", "small", "medium", "large"}
+    assert set(eb["per_class"]) == {"cat", "dog", "fox"}
+    written = write_report(report, tmp_path / "r")
+    assert (tmp_path / "r" / "error_breakdown.png") in written

@@ -290,6 +290,84 @@ class COCOEvaluator(DetectionEvaluator):
                    np.asarray([b for _, _, b in v], np.float64).reshape(-1, 4))
                for i, v in det_rows.items()}
         self.last_pairs = (names, gt, det)  # for pictures of examples
-        return build_report(coco_curves(ev), names, gt, det,
-                            source=f"COCO ({self.backend}), area all, maxDets "
-                                   f"{ev.params.maxDets[-1]}")
+        report = build_report(coco_curves(ev), names, gt, det,
+                              source=f"COCO ({self.backend}), area all, maxDets "
+                                     f"{ev.params.maxDets[-1]}")
+        report["error_breakdown"] = error_breakdown(self.coco_gt, results)
+        return report
+
+
+#: the COCO API's analyze() error types (Hoiem et al. 2012), in the order they accumulate
+ERROR_TYPES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
+
+
+def error_breakdown(coco_gt: COCO, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The COCO API's error analysis (``analyze``, after Hoiem et al.), per area range and per
+    category: AP at IoU .75 (C75) and .5 (C50); at .1 (Loc: localization errors forgiven);
+    with confusions inside the supercategory forgiven (Sim), with every class confusion
+    forgiven (Oth), with background false positives removed too (BG), and 1 (FN: what is left
+    are missed objects). Each step's gain names the error it removes. Run with pycocotools,
+    the reference, as the COCO API runs it: one evaluation at IoU .75/.5/.1, then, for each
+    category, its detections against the ground truth with the other categories' boxes of the
+    same supercategory (Sim) or of any (Oth) marked as ignored, and so matchable without
+    cost. Categories without a ``supercategory`` are their own."""
+    areas = ("all", "small", "medium", "large")
+    results = [dict(r) for r in results]  # loadRes writes into the dicts
+    with quiet_pycocotools():
+        dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+        ev = COCOeval(coco_gt, dt, iouType="bbox")
+        ev.params.iouThrs = np.array([0.75, 0.5, 0.1])
+        ev.params.maxDets = [100]
+        ev.evaluate()
+        ev.accumulate()
+    cat_ids = list(ev.params.catIds)
+    ps = np.concatenate([ev.eval["precision"][:, :, :, :, 0],
+                         np.zeros((4, *ev.eval["precision"].shape[1:4]))])  # (7, R, K, A)
+    sup = {c: coco_gt.cats[c].get("supercategory") or f"#{c}" for c in cat_ids}
+    for k, cat in enumerate(cat_ids):
+        mine = [r for r in results if r["category_id"] == cat]
+        for row, same in ((3, True), (4, False)):
+            ps[row, :, k, :] = _forgiven_precision(coco_gt, mine, cat, sup, same)
+        ps[5, :, k, :] = ps[4, :, k, :] > 0  # background removed: precision 1 up to recall
+        ps[6, :, k, :] = 1.0  # FN: only missed objects are left
+    missing = ev.eval["precision"][0, :, :, :, 0] < 0  # (R, K, A): no ground truth
+    ps[:, missing] = -1
+
+    def ap(p: np.ndarray) -> float | None:
+        v = p[p > -1]
+        return float(v.mean()) if v.size else None
+
+    names = [coco_gt.cats[c]["name"] for c in cat_ids]
+    return {
+        "types": list(ERROR_TYPES),
+        "by_area": {a: {t: ap(ps[i, :, :, j]) for i, t in enumerate(ERROR_TYPES)}
+                    for j, a in enumerate(areas)},
+        "per_class": {n: {t: ap(ps[i, :, k, 0]) for i, t in enumerate(ERROR_TYPES)}
+                      for k, n in enumerate(names)},
+        "source": "pycocotools, the COCO API's analyze() (IoU .75, .5, .1; maxDets 100)",
+    }
+
+
+def _forgiven_precision(coco_gt: COCO, dets: list[dict[str, Any]], cat: int,
+                        sup: dict[int, str], same_supercategory: bool) -> np.ndarray:
+    """``(R, A)`` precision at IoU .1 of category ``cat``'s detections when the other
+    categories' boxes (of its supercategory, or all) are ignored boxes of ``cat``."""
+    data = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+            "annotations": []}
+    for a in coco_gt.dataset["annotations"]:
+        c = a["category_id"]
+        if c != cat and (not same_supercategory or sup.get(c) == sup[cat]):
+            a = {**a, "category_id": cat, "ignore": 1, "iscrowd": 1}
+        data["annotations"].append(a)
+    gt = COCO()
+    gt.dataset = data
+    with quiet_pycocotools():
+        gt.createIndex()
+        dt = gt.loadRes([dict(d) for d in dets]) if dets else _empty_results(gt)
+        ev = COCOeval(gt, dt, iouType="bbox")
+        ev.params.catIds = [cat]
+        ev.params.iouThrs = np.array([0.1])
+        ev.params.maxDets = [100]
+        ev.evaluate()
+        ev.accumulate()
+    return ev.eval["precision"][0, :, 0, :, 0]

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from detres.utils.visualizer import plot_confusion, plot_f1, plot_pr_curves
+from detres.utils.visualizer import (
+    plot_confusion,
+    plot_error_breakdown,
+    plot_f1,
+    plot_pr_curves,
+)
 
 #: Printed first, and first in metrics.json.
 HEADLINE = ("mAP@.5", "mAP@[.5,.95]")
@@ -106,7 +111,8 @@ def format_table(results: Mapping[str, Any], *, published: Mapping[str, float] |
 def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> list[Path]:
     """The evaluation report (:mod:`detres.evaluation.analysis`) as ``report.json`` and its
     pictures in ``out_dir``: ``pr_iou50.png``, ``pr_iou75.png``, ``f1.png``,
-    ``confusion_matrix.png`` and ``confusion_matrix_normalized.png``."""
+    ``confusion_matrix.png``, ``confusion_matrix_normalized.png`` and, for COCO scoring,
+    ``error_breakdown.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "report.json.tmp"
@@ -120,6 +126,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
     cm = report["confusion_matrix"]
     written.append(plot_confusion(cm, out / "confusion_matrix.png"))
     written.append(plot_confusion(cm, out / "confusion_matrix_normalized.png", normalized=True))
+    if report.get("error_breakdown"):
+        written.append(plot_error_breakdown(report["error_breakdown"],
+                                            out / "error_breakdown.png"))
     return written
 
 

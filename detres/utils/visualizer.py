@@ -214,3 +214,31 @@ def plot_confusion(cm: dict[str, Any], path: str | os.PathLike[str], *,
                     ax.text(j, i, text, ha="center", va="center", fontsize=7,
                             color="white" if v > 0.6 * (m.max() or 1) else "black")
     return _save(fig, path)
+
+
+def plot_error_breakdown(eb: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """The COCO error analysis per area range: the cumulative AP after each error type is
+    forgiven (C75, C50, Loc, Sim, Oth, BG, FN), the gain of each step written on its bar."""
+    plt = _pyplot()
+    areas = list(eb["by_area"])
+    fig, axes = plt.subplots(1, len(areas), figsize=(3.2 * len(areas), 3.6), sharey=True)
+    colours = ["#ffffff", "#d9d9d9", "#5b9bd5", "#70ad47", "#ffc000", "#ed7d31", "#c00000"]
+    for ax, area in zip(np.atleast_1d(axes), areas, strict=True):
+        vals = eb["by_area"][area]
+        ys = [vals[t] for t in eb["types"]]
+        if ys[0] is None:
+            ax.set_title(f"{area}: no objects")
+            ax.axis("off")
+            continue
+        prev = 0.0
+        for i, y in enumerate(ys):
+            ax.bar(i, y - prev, bottom=prev, color=colours[i], edgecolor="k", lw=0.5)
+            ax.text(i, y + 0.01, f"{100 * y:.1f}", ha="center", va="bottom", fontsize=7)
+            prev = y
+        ax.set_xticks(range(len(ys)), eb["types"], fontsize=8)
+        ax.set_ylim(0, 1.08)
+        ax.set_title(f"{area} objects", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("AP after forgiving the errors up to here")
+    fig.suptitle("COCO error breakdown (each step: the AP the error type costs)", fontsize=10)
+    return _save(fig, path)
