@@ -177,8 +177,8 @@ def save_report(evaluator: DetectionEvaluator, out_dir: Path, src: DetSource | N
         names, gt, det = evaluator.last_pairs  # type: ignore[attr-defined]
         pics = val_examples(src, names, gt, det, report["f1"]["best_score_thresh"], examples)
         if pics:
-            written.append(write_image(out_dir / "val_examples.jpg", grid(pics, cell=640,
-                                                                          cols=2)))
+            written.append(write_image(out_dir / "val_examples.jpg",
+                                       grid(pics, cell=(800, 340), cols=2)))
     LOG.info("%s -> %s", describe_report(report), out_dir)
     return written
 

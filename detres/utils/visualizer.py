@@ -78,22 +78,25 @@ def draw_boxes(image: Any, boxes: Sequence[Sequence[float]], texts: Sequence[str
     return canvas
 
 
-def fit(image: np.ndarray, cell: int) -> np.ndarray:
-    """``image`` shrunk (or grown) so that its longer side is ``cell``."""
-    s = cell / max(image.shape[:2])
+def fit(image: np.ndarray, cell: int | tuple[int, int]) -> np.ndarray:
+    """``image`` scaled to fit a ``cell`` (a side, or ``(width, height)``), aspect kept."""
+    cw, ch = (cell, cell) if isinstance(cell, int) else cell
+    s = min(cw / image.shape[1], ch / image.shape[0])
     size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
 
 
-def grid(images: Sequence[np.ndarray], *, cell: int = 320, cols: int | None = None,
-         background: int = 32) -> np.ndarray:
-    """Images fitted into ``cell`` squares, row by row (``cols`` per row, else a square)."""
+def grid(images: Sequence[np.ndarray], *, cell: int | tuple[int, int] = 320,
+         cols: int | None = None, background: int = 32) -> np.ndarray:
+    """Images fitted into cells (a side, or ``(width, height)``), row by row (``cols`` per
+    row, else a square)."""
+    cw, ch = (cell, cell) if isinstance(cell, int) else cell
     cols = cols or max(1, math.ceil(math.sqrt(len(images))))
     rows = max(1, math.ceil(len(images) / cols))
-    out = np.full((rows * cell, cols * cell, 3), background, np.uint8)
+    out = np.full((rows * ch, cols * cw, 3), background, np.uint8)
     for k, img in enumerate(images):
-        small = fit(img, cell)
-        y, x = (k // cols) * cell, (k % cols) * cell
+        small = fit(img, (cw, ch))
+        y, x = (k // cols) * ch, (k % cols) * cw
         out[y:y + small.shape[0], x:x + small.shape[1]] = small
     return out
 
