@@ -384,7 +384,7 @@ def build_rpn(m: ModelCfg, in_channels: int, strides: list[int]) -> RPN:
                positive_fraction=r.positive_fraction, fg_iou_thresh=r.fg_iou_thresh,
                bg_iou_thresh=r.bg_iou_thresh, bbox_reg_weights=r.bbox_reg_weights,
                smooth_l1_beta=r.smooth_l1_beta, loss_weight=r.loss_weight,
-               strict_min_size=d2, rank_by_logits=d2)
+               strict_min_size=d2, rank_by_logits=d2, normalize_by_batch_size=d2)
 
 
 def build_roi_heads(m: ModelCfg, pooler: nn.Module, box_head: nn.Module,

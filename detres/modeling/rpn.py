@@ -98,6 +98,7 @@ class RPN(nn.Module):
         loss_weight: float = 1.0,
         strict_min_size: bool = False,
         rank_by_logits: bool = False,
+        normalize_by_batch_size: bool = False,
     ) -> None:
         super().__init__()
         per_loc = anchor_generator.num_anchors_per_location()
@@ -129,6 +130,11 @@ class RPN(nn.Module):
         # logits: the same order except where float32's sigmoid saturates (logits above ~10
         # collapse onto a few values near 1 and tie, and ties decide NMS and the top-k cut)
         self.rank_by_logits = rank_by_logits
+        # the losses' divisor: torchvision's, the anchors actually sampled; Detectron2's
+        # (normalize_by_batch_size), batch_size_per_image x images, which differs where an
+        # image has fewer anchors to sample than that
+        self.normalize_by_batch_size = normalize_by_batch_size
+        self.batch_size_per_image = batch_size_per_image
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
 
@@ -185,7 +191,8 @@ class RPN(nn.Module):
 
     def losses(self, out: RPNOutput, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
         """Objectness BCE over sampled anchors and box regression over positives, both divided
-        by the number of sampled anchors in the batch."""
+        by the number of sampled anchors in the batch (Detectron2's rule:
+        ``batch_size_per_image`` x images)."""
         anchors = torch.cat(out.anchors, dim=0).float()  # (T, 4)
         logits = torch.cat(out.objectness_logits, dim=1).float()  # (N, T)
         deltas = torch.cat(out.pred_deltas, dim=1).float()  # (N, T, 4)
@@ -196,6 +203,8 @@ class RPN(nn.Module):
             pos, neg = self.sampler(labels)
             sampled = pos | neg
             num_sampled = sampled.sum().clamp(min=1)
+            if self.normalize_by_batch_size:
+                num_sampled = torch.full_like(num_sampled, self.batch_size_per_image * len(pos))
             img, anc = pos.nonzero(as_tuple=True)  # positives as (image, anchor) pairs
             target_deltas = self.box_coder.encode(gt[img, matches[img, anc]], anchors[anc])
         loss_cls = F.binary_cross_entropy_with_logits(

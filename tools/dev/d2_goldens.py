@@ -18,6 +18,12 @@ to Caffe2 names with an ``fc1000``, are the MSRA-format files, loaded by Detectr
 name conversion, whose res2..res5 features are recorded. Last, Detectron2's
 ``ResizeShortestEdge`` on an image that does need a resize.
 
+``--only train`` writes ``train_step.npz``: one training step of each model-zoo detector on
+the committed ``.pkl`` weights, with sampler sizes of 10**6 so that every candidate anchor and
+RoI is sampled (deterministic), on a batch of three images of different sizes (one without
+objects): the inputs, Detectron2's four loss terms and every parameter's gradient
+(``tests/test_train_parity.py`` puts detres's step beside it).
+
 ``--only tta`` leaves every other golden as it is: it loads the committed ``.pkl`` files into
 the model-zoo configs and records ``GeneralizedRCNNWithTTA``'s detections (``TTA_MIN_SIZES``,
 ``TTA_MAX_SIZE``, horizontal flip; a batch of two, so each batch is one scale and its flip,
@@ -181,12 +187,69 @@ def tta_goldens(d2: Path) -> dict[str, object]:
     return out
 
 
+TRAIN_SIZES = ((160, 224), (128, 192), (160, 160))
+TRAIN_BOXES = (4, 3, 0)
+
+
+def train_batch(seed: int = 7) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(BGR uint8 image, boxes (M, 4) xyxy float32, classes (M,) 0-based) per image."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, ((h, w), n) in enumerate(zip(TRAIN_SIZES, TRAIN_BOXES, strict=True)):
+        xy = rng.uniform(0, 0.6, (n, 2)) * [w, h]
+        wh = 20 + rng.uniform(0, 0.35, (n, 2)) * [w, h]
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        out.append((image((h, w), seed + i), boxes, rng.integers(0, 80, n).astype(np.int64)))
+    return out
+
+
+def train_goldens(d2: Path) -> None:
+    """``train_step.npz``: see the module docstring."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    batch = train_batch()
+    arrays: dict[str, np.ndarray] = {}
+    for i, (img, boxes, classes) in enumerate(batch):
+        arrays[f"input/{i}/image"], arrays[f"input/{i}/boxes"] = img, boxes
+        arrays[f"input/{i}/classes"] = classes
+    for name in MODELS:
+        cfg = d2_cfg(d2, name)
+        cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 10**6
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 10**6
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(str(OUT / f"{name}.pkl"))
+        model.train()
+        inputs = []
+        for img, boxes, classes in batch:
+            inst = Instances(img.shape[:2], gt_boxes=Boxes(torch.from_numpy(boxes)),
+                             gt_classes=torch.from_numpy(classes))
+            inputs.append({"image": torch.from_numpy(np.ascontiguousarray(
+                img.transpose(2, 0, 1))), "instances": inst})
+        with EventStorage(0):
+            losses = model(inputs)
+        sum(losses.values()).backward()
+        for k, v in losses.items():
+            arrays[f"{name}/loss/{k}"] = np.float64(v.item())
+        for k, p in model.named_parameters():
+            if p.grad is not None:
+                arrays[f"{name}/grad/{k}"] = p.grad.detach().numpy().astype(np.float32)
+        print(f"{name}: " + ", ".join(f"{k} {v.item():.6g}" for k, v in losses.items()))
+    np.savez_compressed(OUT / "train_step.npz", **arrays)
+    print(f"wrote {OUT / 'train_step.npz'}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--d2", type=Path, required=True,
                    help="the Detectron2 source tree (for its configs; import it via PYTHONPATH)")
-    p.add_argument("--only", choices=["tta"], help="regenerate only these goldens")
+    p.add_argument("--only", choices=["tta", "train"], help="regenerate only these goldens")
     a = p.parse_args()
+    if a.only == "train":
+        train_goldens(a.d2)
+        return 0
     if a.only == "tta":
         golden = json.loads((OUT / "golden.json").read_text())
         golden["tta"] = tta_goldens(a.d2)
