@@ -363,7 +363,8 @@ def test_run_folder_has_the_evaluation_report(run: dict[str, Path],
     for name, curve in report["pr_curves"]["0.5"].items():
         printed = metrics["per_class"][name]["AP@.5"]
         assert (curve is None and printed is None) or curve["ap"] == pytest.approx(printed), name
-    pngs = ("pr_iou50", "pr_iou75", "f1", "confusion_matrix", "confusion_matrix_normalized")
+    pngs = ("pr_iou50", "pr_iou75", "f1", "confusion_matrix", "confusion_matrix_normalized",
+            "error_breakdown")  # the demo set is scored with COCO's metrics
     # the data as the model saw it, and val images with the ground truth beside detections
     for jpg in (out / "train_batch0.jpg", out / "train_batch2.jpg",
                 out / "report" / "val_examples.jpg"):
