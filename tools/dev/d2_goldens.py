@@ -24,6 +24,11 @@ RoI is sampled (deterministic), on a batch of three images of different sizes (o
 objects): the inputs, Detectron2's four loss terms and every parameter's gradient
 (``tests/test_train_parity.py`` puts detres's step beside it).
 
+``--only recipes`` writes ``recipes.json``: the training recipe of each model-zoo config as
+Detectron2's own config loader resolves it (``get_cfg`` + ``merge_from_file``: schedule,
+optimizer, data, frozen stages, BN, sampling, proposal counts), which
+``tests/test_recipes.py`` checks the ``coco_*_3x.yaml`` configs against.
+
 ``--only tta`` leaves every other golden as it is: it loads the committed ``.pkl`` files into
 the model-zoo configs and records ``GeneralizedRCNNWithTTA``'s detections (``TTA_MIN_SIZES``,
 ``TTA_MAX_SIZE``, horizontal flip; a batch of two, so each batch is one scale and its flip,
@@ -241,12 +246,64 @@ def train_goldens(d2: Path) -> None:
     print(f"wrote {OUT / 'train_step.npz'}")
 
 
+RECIPE_MODELS = {
+    "coco_r50_c4_3x": "COCO-Detection/faster_rcnn_R_50_C4_3x.yaml",
+    "coco_r101_c4_3x": "COCO-Detection/faster_rcnn_R_101_C4_3x.yaml",
+    "coco_r50_fpn_3x": "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+    "coco_r101_fpn": "COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml",
+}
+RECIPE_KEYS = (
+    "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.GAMMA", "SOLVER.BASE_LR", "SOLVER.IMS_PER_BATCH",
+    "SOLVER.MOMENTUM", "SOLVER.NESTEROV", "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_NORM",
+    "SOLVER.WEIGHT_DECAY_BIAS", "SOLVER.WARMUP_ITERS", "SOLVER.WARMUP_FACTOR",
+    "SOLVER.WARMUP_METHOD", "SOLVER.CLIP_GRADIENTS.ENABLED", "SOLVER.REFERENCE_WORLD_SIZE",
+    "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "INPUT.MAX_SIZE_TRAIN",
+    "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.RANDOM_FLIP", "INPUT.FORMAT",
+    "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.DEPTH",
+    "MODEL.RESNETS.NORM", "MODEL.RESNETS.STRIDE_IN_1X1", "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "MODEL.RPN.POSITIVE_FRACTION", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.RPN.NMS_THRESH",
+    "MODEL.RPN.IOU_THRESHOLDS", "MODEL.RPN.BBOX_REG_LOSS_TYPE", "MODEL.RPN.SMOOTH_L1_BETA",
+    "MODEL.RPN.BBOX_REG_WEIGHTS", "MODEL.RPN.LOSS_WEIGHT", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.ROI_HEADS.IOU_THRESHOLDS",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+    "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
+    "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO",
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+    "TEST.DETECTIONS_PER_IMAGE", "DATASETS.TRAIN", "DATASETS.TEST",
+)
+
+
+def recipe_goldens(d2: Path) -> None:
+    """``recipes.json``: see the module docstring."""
+    from detectron2.config import get_cfg
+
+    out = {"detectron2": "facebookresearch/detectron2 (model zoo YAMLs)", "models": {}}
+    for ours, yaml_name in RECIPE_MODELS.items():
+        cfg = get_cfg()
+        cfg.merge_from_file(str(d2 / "configs" / yaml_name))
+        values = {}
+        for key in RECIPE_KEYS:
+            v = cfg
+            for part in key.split("."):
+                v = getattr(v, part)
+            values[key] = list(v) if isinstance(v, tuple | list) else v
+        out["models"][ours] = {"yaml": yaml_name, "values": values}
+    (OUT / "recipes.json").write_text(json.dumps(out, indent=1))
+    print(f"wrote {OUT / 'recipes.json'}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--d2", type=Path, required=True,
                    help="the Detectron2 source tree (for its configs; import it via PYTHONPATH)")
-    p.add_argument("--only", choices=["tta", "train"], help="regenerate only these goldens")
+    p.add_argument("--only", choices=["tta", "train", "recipes"],
+                   help="regenerate only these goldens")
     a = p.parse_args()
+    if a.only == "recipes":
+        recipe_goldens(a.d2)
+        return 0
     if a.only == "train":
         train_goldens(a.d2)
         return 0
