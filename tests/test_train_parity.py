@@ -26,9 +26,11 @@ from detres.config import load_config
 from detres.engine.schedule import build_optimizer
 from detres.modeling import build_detector, load_weights
 from detres.modeling.fastpath import reference_ops
+from detres.modeling.rpn import RPNOutput
 from detres.modeling.weights import weights_from_dict
 from detres.modeling.weights.torchvision import coco_layout, convert_torchvision_frcnn
 from detres.modeling.weights.zoo import detectron2_checkpoint, detectron2_to_detres, read_zoo_file
+from detres.utils.device import autocast_context, resolve_amp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -153,6 +155,47 @@ def test_one_sgd_step_gives_the_same_weights(step: dict) -> None:
     print(f"SGD step: largest relative difference of an update {worst:.2g}")
 
 
+@pytest.fixture(scope="module")
+def step_bf16() -> dict:
+    """Both models' step under CPU bf16 autocast, from the same start as :func:`step`."""
+    if resolve_amp("auto", torch.device("cpu")) != "bf16":
+        pytest.skip("amp: auto runs fp32 on this CPU (DETRES_CPU_BF16=1 runs this)")
+    cfg = load_config("coco_r50_fpn.yaml", OVERRIDES)
+    tv, ours = torchvision_reference(cfg, seed=0)
+    tv.train()
+    ours.train()
+    tv.rpn.fg_bg_sampler.batch_size_per_image = ALL
+    tv.roi_heads.fg_bg_sampler.batch_size_per_image = ALL
+    images, targets = batch()
+    sizes = [t["image_size"] for t in targets]
+    with torch.no_grad():
+        tv.transform = Preprocessed(ours.normalize(images, sizes), sizes)
+    ids = torch.tensor([0, *coco_layout()[0]])
+    tv_targets = [{"boxes": t["gt_boxes"], "labels": ids[t["gt_classes"]]} for t in targets]
+    with autocast_context(torch.device("cpu"), "auto"):
+        ours_losses = ours.losses(images, targets)
+        tv_losses = tv(list(images), tv_targets)
+    sum(ours_losses.values()).backward()
+    sum(tv_losses.values()).backward()
+    return {"ours": {k: float(v.detach()) for k, v in ours_losses.items()},
+            "tv": {k: float(tv_losses[v].detach()) for k, v in TERMS.items()},
+            "grads": {k: p.grad.detach().double() for k, p in ours.named_parameters()
+                      if p.grad is not None},
+            "tv_grads": mapped({k: p.grad.detach().double() for k, p in tv.named_parameters()
+                                if p.grad is not None})}
+
+
+def test_bf16_training_step_is_as_close_to_torchvision_as_its_own(step: dict,
+                                                                  step_bf16: dict) -> None:
+    """Under CPU bf16 autocast (``amp: auto`` on a CPU with native bf16, DETRES_CPU_BF16=1
+    elsewhere), detres's step against torchvision's float32 step, with torchvision's own step
+    under the same autocast, on this CPU, as the yardstick (:func:`check_bf16`)."""
+    ref = {k: float(step["tv"][v].detach()) for k, v in TERMS.items()}
+    ref_grads = {k: v.double() for k, v in mapped(step["tv_grads"]).items()}
+    check_bf16("R50-FPN vs torchvision", step_bf16["ours"], ref, step_bf16["tv"],
+               step_bf16["grads"], ref_grads, step_bf16["tv_grads"])
+
+
 # ------------------------------------------------------------------------------ Detectron2
 
 GOLD = Path(__file__).parent / "goldens" / "detectron2"
@@ -166,59 +209,168 @@ def d2_step() -> dict:
         return {k: z[k] for k in z.files}
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["reference_ops", "fast_ops"])
-@pytest.mark.parametrize("name", ["r50_fpn", "r101_c4"])
-def test_training_step_equals_detectron2(name: str, fast: bool, d2_step: dict,
-                                         d2: object) -> None:
-    """coco_r50_fpn_3x.yaml and coco_r101_c4_3x.yaml (model.rules: detectron2) against
-    Detectron2's faster_rcnn_R_50_FPN_3x and _R_101_C4_3x run from source on the same
-    weights and batch (goldens by tools/dev/d2_goldens.py --only train): the four loss terms
-    within 1e-5 relative, every gradient within 1e-3 (after the converter's name map)."""
+def d2_batch(z: dict) -> tuple[torch.Tensor, list[dict]]:
+    """The golden batch in the loader's form: RGB in [0, 1], padded; 1-based classes."""
+    n = sum(1 for k in z if k.endswith("/image"))
+    raw = [z[f"input/{i}/image"] for i in range(n)]
+    h, w = max(r.shape[0] for r in raw), max(r.shape[1] for r in raw)
+    images = torch.zeros(n, 3, h, w)
+    targets = []
+    for i, bgr in enumerate(raw):
+        images[i, :, :bgr.shape[0], :bgr.shape[1]] = torch.from_numpy(
+            bgr[..., ::-1].copy()).permute(2, 0, 1).float() / 255
+        targets.append({"gt_boxes": torch.from_numpy(z[f"input/{i}/boxes"]),
+                        "gt_classes": torch.from_numpy(z[f"input/{i}/classes"]) + 1,
+                        "image_size": bgr.shape[:2]})
+    return images, targets
+
+
+def d2_run(d2: object, z: dict, name: str, *, fast: bool, dtype: torch.dtype,
+           amp: str = "none") -> tuple[dict[str, float], dict[str, torch.Tensor], nn.Module]:
+    """detres's step on the golden batch and weights: loss terms, gradients, the model."""
     cfg = load_config(d2.configs[name], [*d2.small, f"model.rpn.batch_size_per_image={ALL}",
                                          f"model.roi_heads.batch_size_per_image={ALL}"])
     ours = build_detector(cfg)
     load_weights(ours, weights_from_dict(detectron2_checkpoint(GOLD / f"{name}.pkl", cfg),
                                          source=name), policy="strict")
-    ours.train()
-    n = sum(1 for k in d2_step if k.endswith("/image"))
-    raw = [d2_step[f"input/{i}/image"] for i in range(n)]
-    h, w = max(r.shape[0] for r in raw), max(r.shape[1] for r in raw)
-    images = torch.zeros(n, 3, h, w)
-    targets = []
-    for i, bgr in enumerate(raw):  # the loader's form: RGB in [0, 1], padded
-        images[i, :, :bgr.shape[0], :bgr.shape[1]] = torch.from_numpy(
-            bgr[..., ::-1].copy()).permute(2, 0, 1).float() / 255
-        targets.append({"gt_boxes": torch.from_numpy(d2_step[f"input/{i}/boxes"]),
-                        "gt_classes": torch.from_numpy(d2_step[f"input/{i}/classes"]) + 1,
-                        "image_size": bgr.shape[:2]})
-    with reference_ops(not fast):
-        losses = ours.losses(images, targets)
-        sum(losses.values()).backward()
-    for mine, theirs in D2_TERMS.items():
-        a, b = float(losses[mine].detach()), float(d2_step[f"{name}/loss/{theirs}"])
-        print(f"{name} {mine}: {a:.8g} vs Detectron2 {b:.8g}")
-        assert abs(a - b) <= 1e-5 * abs(b), (name, mine, a, b)
-    # Detectron2's gradients under detres's names: the weights converter's own map, run on a
-    # full Detectron2 state (the .pkl's names) holding the gradients, and on a mask
-    prefix = f"{name}/grad/"
-    d2_names = read_zoo_file(GOLD / f"{name}.pkl")
-    full = {k: torch.zeros_like(v) for k, v in d2_names.items()}
+    ours.to(dtype).train()
+    images, targets = d2_batch(z)
+    with reference_ops(not fast), autocast_context(torch.device("cpu"), amp):
+        losses = ours.losses(images.to(dtype), targets)
+    sum(losses.values()).backward()
+    grads = {k: p.grad.detach().double() for k, p in ours.named_parameters()
+             if p.grad is not None}
+    return {k: float(v.detach()) for k, v in losses.items()}, grads, ours
+
+
+def d2_grads(z: dict, name: str, tag: str, ours: nn.Module) -> dict[str, torch.Tensor]:
+    """Detectron2's gradients (``tag``: "", "f64/" or "bf16/") under detres's names: the
+    weights converter's own map, run on a full Detectron2 state (the .pkl's names) holding the
+    gradients; only the parameters that have one on both sides."""
+    prefix = f"{name}/{tag}grad/"
+    full = {k: torch.zeros_like(v, dtype=torch.float64)
+            for k, v in read_zoo_file(GOLD / f"{name}.pkl").items()}
     mask = dict(full)
-    for k in d2_step:
+    for k in z:
         if k.startswith(prefix):
-            full[k[len(prefix):]] = torch.from_numpy(d2_step[k])
+            full[k[len(prefix):]] = torch.from_numpy(z[k]).double()
             mask[k[len(prefix):]] = torch.ones_like(full[k[len(prefix):]])
     theirs = detectron2_to_detres(full, ours)
     has = {k for k, v in detectron2_to_detres(mask, ours).items() if bool(v.all())}
-    mine = {k: p.grad for k, p in ours.named_parameters() if p.grad is not None}
-    assert set(mine) == has, sorted(set(mine) ^ has)[:8]
-    worst = max((rel(mine[k], theirs[k]), k) for k in mine)
-    print(f"{name} ({'fast' if fast else 'reference'} ops): {len(mine)} gradients, largest "
-          f"relative difference {worst[0]:.2g} ({worst[1]})")
-    # The fast path folds each frozen BN into its convolution in training too; on these
-    # reduced-width goldens (4-channel bottlenecks, BN statistics measured on one image) the
-    # folded backward loses precision in the lower stages: up to 0.7% (R50-FPN) and 1.6%
-    # (R101-C4) against 3.5e-6 unfused, both measured against float64. Full-width R50-FPN
-    # against torchvision: 2.3e-4 (test above). An open numerical finding, not a rule that
-    # differs: the losses agree to 1e-7 either way.
-    assert worst[0] <= (2e-2 if fast else 1e-3), worst
+    mine = {k for k, p in ours.named_parameters() if p.grad is not None}
+    assert mine == has, sorted(mine ^ has)[:8]
+    return {k: theirs[k] for k in mine}
+
+
+HEADS = ("rpn.", "roi_heads.")  # C4: the RPN on res4, res5 run on the RoIs, the predictor
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("fast", [False, True], ids=["reference_ops", "fast_ops"])
+@pytest.mark.parametrize("name", ["r50_fpn", "r101_c4"])
+def test_training_step_equals_detectron2(name: str, fast: bool, precision: str,
+                                         d2_step: dict, d2: object) -> None:
+    """coco_r50_fpn_3x.yaml and coco_r101_c4_3x.yaml (model.rules: detectron2) against
+    Detectron2's faster_rcnn_R_50_FPN_3x and _R_101_C4_3x run from source on the same
+    weights and batch (goldens by tools/dev/d2_goldens.py --only train), each side in float64
+    and in float32: the four loss terms within 1e-5 relative, every gradient within 1e-3
+    (after the converter's name map), but where a ReLU's input lies within rounding of zero.
+
+    Such a ReLU passes its gradient on one side and blocks it on the other: the loss moves by
+    ~1e-7, the gradients below it by ~1/sqrt(activations of the layer), 0.5-1.6% at the
+    goldens' width (4-channel bottlenecks). In float32 every implementation crosses some (
+    Detectron2's own float32 R101-C4 step is 1.5e-2 from its float64 one; detres's folded
+    frozen BN crosses one of 6.1e-7 in R50-FPN's res4 here, the unfused path another in
+    R101-C4); in float64 R101-C4 still crosses one of 2.1e-7 in res4 block 8, its input
+    differing by the float32 rounding of the converted weights. Hence, measured
+    (docs/configs.md): float64 R50-FPN and the C4 heads within 1e-3 (7e-7 and 6e-5); the rest
+    within 3e-2."""
+    dtype = getattr(torch, precision)
+    losses, mine, ours = d2_run(d2, d2_step, name, fast=fast, dtype=dtype)
+    tag = "f64/" if dtype == torch.float64 else ""
+    for k, theirs_k in D2_TERMS.items():
+        a, b = losses[k], float(d2_step[f"{name}/{tag}loss/{theirs_k}"])
+        print(f"{name} {precision} {k}: {a:.8g} vs Detectron2 {b:.8g}")
+        assert abs(a - b) <= 1e-5 * abs(b), (name, k, a, b)
+    theirs = d2_grads(d2_step, name, tag, ours)
+    err = {k: rel(mine[k], theirs[k]) for k in mine}
+    worst = max(err, key=err.__getitem__)
+    exact = name == "r50_fpn" and dtype == torch.float64
+    strict = [k for k in err if exact or k.startswith(HEADS)]
+    worst_strict = max(strict, key=err.__getitem__)
+    print(f"{name} {precision} ({'fast' if fast else 'reference'} ops): {len(mine)} gradients, "
+          f"largest relative difference {err[worst]:.2g} ({worst}); {len(strict)} held to 1e-3: "
+          f"largest {err[worst_strict]:.2g} ({worst_strict})")
+    assert err[worst_strict] <= 1e-3, (worst_strict, err[worst_strict])
+    assert err[worst] <= 3e-2, (worst, err[worst])
+    assert len(mine) > 70
+
+
+@pytest.mark.parametrize("name", ["r50_fpn", "r101_c4"])
+def test_bf16_training_step_is_as_close_to_detectron2_as_its_own(name: str, d2_step: dict,
+                                                                 d2: object) -> None:
+    """Under CPU bf16 autocast (``amp: auto`` on a CPU with native bf16; DETRES_CPU_BF16=1
+    elsewhere) detres's step is no further from Detectron2's float32 step than Detectron2's own
+    step under the same autocast (recorded in the goldens) is: see :func:`check_bf16`."""
+    if resolve_amp("auto", torch.device("cpu")) != "bf16":
+        pytest.skip("amp: auto runs fp32 on this CPU (DETRES_CPU_BF16=1 runs this)")
+    losses, mine, ours = d2_run(d2, d2_step, name, fast=True, dtype=torch.float32, amp="auto")
+    ref = {k: float(d2_step[f"{name}/loss/{v}"]) for k, v in D2_TERMS.items()}
+    ref_amp = {k: float(d2_step[f"{name}/bf16/loss/{v}"]) for k, v in D2_TERMS.items()}
+    check_bf16(f"{name} vs Detectron2", losses, ref, ref_amp, mine,
+               d2_grads(d2_step, name, "", ours), d2_grads(d2_step, name, "bf16/", ours))
+
+
+def check_bf16(what: str, losses: dict[str, float], ref: dict[str, float],
+               ref_amp: dict[str, float], grads: dict[str, torch.Tensor],
+               ref_grads: dict[str, torch.Tensor], ref_amp_grads: dict[str, torch.Tensor]) -> None:
+    """detres's bf16 step against the reference's float32 step (``ref``), with the
+    reference's own bf16 step (``ref_amp``) as the yardstick.
+
+    bf16 keeps 8 significant bits (a rounding moves a value by up to 2^-8 = 0.4%), and a step
+    rounds every activation: a reference's own bf16 gradients differ from its float32 ones by
+    1-2% in the median parameter and up to 45-90% in the box predictor (few foreground RoIs,
+    class-specific rows), its loss terms by up to 6.5% (torchvision's loss_box_reg at full
+    width; the RPN picks other proposals from bf16 logits). So: each loss term within 10% of
+    the float32 value (1.5x the worst of the references' own); the mean over parameters of the
+    gradients' relative difference within 1.5x the reference's own (measured 0.8-1.0x); no
+    parameter further than 1.5x the reference's worst. A bf16 cast where the reference keeps
+    float32 (losses, box decoding, RoI coordinates) breaks the second bound."""
+    for k, b in ref.items():
+        mine_d, theirs_d = losses[k] / b - 1, ref_amp[k] / b - 1
+        print(f"{what} bf16 {k}: {mine_d:+.2e} from float32 (the reference's own {theirs_d:+.2e})")
+        assert abs(mine_d) <= 0.1, (k, losses[k], b)
+    err = {k: rel(grads[k], ref_grads[k]) for k in grads}
+    own = {k: rel(ref_amp_grads[k], ref_grads[k]) for k in grads}
+    mean, own_mean = sum(err.values()) / len(err), sum(own.values()) / len(own)
+    worst = max(err, key=err.__getitem__)
+    print(f"{what} bf16 gradients: mean relative difference {mean:.3g} (the reference's own "
+          f"{own_mean:.3g}), largest {err[worst]:.3g} ({worst}; the reference's largest "
+          f"{max(own.values()):.3g})")
+    assert mean <= 1.5 * own_mean, (mean, own_mean)
+    assert err[worst] <= 1.5 * max(own.values()), (worst, err[worst])
+
+
+def test_bf16_autocast_keeps_boxes_and_losses_in_float32(d2_step: dict, d2: object) -> None:
+    """Under bf16 autocast the heads run in bf16 but, as in Detectron2, the boxes do not: the
+    proposals equal the float32 decoding of the same (bf16) RPN outputs, and every loss is
+    float32. (torchvision decodes in the deltas' dtype: its bf16 proposals are rounded to
+    2^-8 of their coordinates, up to 4 px on an 800-px image.) The step tests above cannot see
+    such a cast: it moves the loss terms and gradients less than bf16's own noise."""
+    cfg = load_config(d2.configs["r50_fpn"], d2.small)
+    model = build_detector(cfg).train()
+    images, targets = d2_batch(d2_step)
+    sizes = [t["image_size"] for t in targets]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = model.features(model.normalize(images, sizes))
+        out = model.rpn([feats[k] for k in model.rpn_features], tuple(images.shape[-2:]))
+        proposals = model.rpn.proposals(out, sizes, training=True)
+        losses = model.losses(images, targets)
+    assert out.pred_deltas[0].dtype == torch.bfloat16  # the head did run in bf16
+    as_fp32 = RPNOutput(out.anchors, [t.float() for t in out.objectness_logits],
+                        [t.float() for t in out.pred_deltas])
+    expected = model.rpn.proposals(as_fp32, sizes, training=True)
+    for got, want in zip(proposals, expected, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert {k: v.dtype for k, v in losses.items()} == dict.fromkeys(losses, torch.float32)

@@ -132,7 +132,7 @@ def measure(root: Path, workers: int, iters: int, batch: int) -> None:
     print(f"launch -> first batch: {t_first:.1f} s; main process RSS then: {main_rss:.0f} MB")
     for i in marks:
         print(f"worker USS at iteration {i}: " + ", ".join(f"{u:.0f}" for u in uss[i]) + " MB")
-    for a, b in zip(marks, marks[1:]):
+    for a, b in zip(marks, marks[1:], strict=False):
         grow = [y - x for x, y in zip(uss[a], uss[b], strict=True)]
         print(f"growth {a} -> {b}: " + ", ".join(f"{g:+.1f}" for g in grow) + " MB")
 

@@ -38,9 +38,11 @@ as detres batches them) under ``golden["tta"]``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -215,6 +217,7 @@ def train_goldens(d2: Path) -> None:
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
+    d2_nms = importlib.import_module("detectron2.layers.nms")  # the module, not the function
     batch = train_batch()
     arrays: dict[str, np.ndarray] = {}
     for i, (img, boxes, classes) in enumerate(batch):
@@ -233,15 +236,38 @@ def train_goldens(d2: Path) -> None:
                              gt_classes=torch.from_numpy(classes))
             inputs.append({"image": torch.from_numpy(np.ascontiguousarray(
                 img.transpose(2, 0, 1))), "instances": inst})
-        with EventStorage(0):
-            losses = model(inputs)
-        sum(losses.values()).backward()
-        for k, v in losses.items():
-            arrays[f"{name}/loss/{k}"] = np.float64(v.item())
-        for k, p in model.named_parameters():
-            if p.grad is not None:
-                arrays[f"{name}/grad/{k}"] = p.grad.detach().numpy().astype(np.float32)
-        print(f"{name}: " + ", ".join(f"{k} {v.item():.6g}" for k, v in losses.items()))
+        # fp32, then the same step under CPU bf16 autocast (what `amp: auto` runs on a CPU
+        # with native bf16): how far Detectron2's own bf16 step is from its fp32 one is the
+        # yardstick for detres's bf16 step (tests/test_train_parity.py)
+        # Last, the model in float64: the exact step, free of fp32's rounding,
+        # which sends a ReLU input within ~1e-6 of zero to either side (each such flip moves
+        # the gradients below it by ~1/sqrt(activations of the layer): 0.5% at this width)
+        for tag, amp, dtype in (("", False, torch.float32), ("bf16/", True, torch.float32),
+                                ("f64/", False, torch.float64)):
+            model.to(dtype).zero_grad(set_to_none=True)
+            # Detectron2's boxes are float32 by design (`Boxes`, `apply_deltas`), as detres's
+            # are: in the float64 pass its NMS gets the scores as float32 too, as detres's does
+            keep = d2_nms.box_ops
+            if dtype == torch.float64:
+                nms = keep.batched_nms
+                d2_nms.box_ops = SimpleNamespace(
+                    batched_nms=lambda b, s, i, t, nms=nms: nms(b, s.to(b.dtype), i, t))
+            try:
+                with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    losses = model(inputs)
+            finally:
+                d2_nms.box_ops = keep
+            sum(losses.values()).backward()
+            for k, v in losses.items():
+                arrays[f"{name}/{tag}loss/{k}"] = np.float64(v.item())
+            for k, p in model.named_parameters():
+                if p.grad is not None:
+                    # float32 files, float64's too: its rounding (6e-8) is far below the test's
+                    arrays[f"{name}/{tag}grad/{k}"] = p.grad.detach().float().numpy()
+            print(f"{name} {tag or 'fp32 '}: "
+                  + ", ".join(f"{k} {v.item():.6g}" for k, v in losses.items()))
+    from detres.utils.device import cpu_line
+    arrays["cpu"] = np.array(cpu_line())
     np.savez_compressed(OUT / "train_step.npz", **arrays)
     print(f"wrote {OUT / 'train_step.npz'}")
 
