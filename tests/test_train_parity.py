@@ -77,8 +77,10 @@ def batch() -> tuple[torch.Tensor, list[dict]]:
     return images, targets
 
 
-@pytest.fixture(scope="module")
-def step() -> dict:
+def tv_pair() -> tuple:
+    """torchvision's model and detres's with the same weights in train mode, every candidate
+    sampled, torchvision fed detres's normalized batch: ``(cfg, tv, ours, images, targets,
+    torchvision's targets)``."""
     cfg = load_config("coco_r50_fpn.yaml", OVERRIDES)
     tv, ours = torchvision_reference(cfg, seed=0)
     tv.train()
@@ -88,10 +90,15 @@ def step() -> dict:
     images, targets = batch()
     sizes = [t["image_size"] for t in targets]
     with torch.no_grad():
-        x = ours.normalize(images, sizes)
-    tv.transform = Preprocessed(x, sizes)
+        tv.transform = Preprocessed(ours.normalize(images, sizes), sizes)
     ids = torch.tensor([0, *coco_layout()[0]])  # contiguous label -> torchvision's COCO id
     tv_targets = [{"boxes": t["gt_boxes"], "labels": ids[t["gt_classes"]]} for t in targets]
+    return cfg, tv, ours, images, targets, tv_targets
+
+
+@pytest.fixture(scope="module")
+def step() -> dict:
+    cfg, tv, ours, images, targets, tv_targets = tv_pair()
     before = {k: v.detach().clone() for k, v in ours.state_dict().items()}
     tv_before = {k: v.detach().clone() for k, v in tv.state_dict().items()}
     ours_losses = ours.losses(images, targets)
@@ -160,18 +167,7 @@ def step_bf16() -> dict:
     """Both models' step under CPU bf16 autocast, from the same start as :func:`step`."""
     if resolve_amp("auto", torch.device("cpu")) != "bf16":
         pytest.skip("amp: auto runs fp32 on this CPU (DETRES_CPU_BF16=1 runs this)")
-    cfg = load_config("coco_r50_fpn.yaml", OVERRIDES)
-    tv, ours = torchvision_reference(cfg, seed=0)
-    tv.train()
-    ours.train()
-    tv.rpn.fg_bg_sampler.batch_size_per_image = ALL
-    tv.roi_heads.fg_bg_sampler.batch_size_per_image = ALL
-    images, targets = batch()
-    sizes = [t["image_size"] for t in targets]
-    with torch.no_grad():
-        tv.transform = Preprocessed(ours.normalize(images, sizes), sizes)
-    ids = torch.tensor([0, *coco_layout()[0]])
-    tv_targets = [{"boxes": t["gt_boxes"], "labels": ids[t["gt_classes"]]} for t in targets]
+    _, tv, ours, images, targets, tv_targets = tv_pair()
     with autocast_context(torch.device("cpu"), "auto"):
         ours_losses = ours.losses(images, targets)
         tv_losses = tv(list(images), tv_targets)

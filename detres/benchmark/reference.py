@@ -16,25 +16,12 @@ from detres.modeling.weights import load_weights, read_weights, weights_from_dic
 from detres.modeling.weights.torchvision import coco_layout, torchvision_frcnn_checkpoint
 
 
-def build_torchvision_frcnn(cfg: Config, *, seed: int = 0, randomize: bool = True) -> nn.Module:
-    """torchvision's ``fasterrcnn_resnet50_fpn`` (91 COCO classes) set up like ``cfg``
-    (test and train sizes, RPN top-k and thresholds, sampling, score/NMS/detections) and like
-    its COCO_V1 release: ``FrozenBatchNorm2d`` with eps 0, stem and res2 frozen
-    (``trainable_backbone_layers=3``). Weights are random; with ``randomize`` the BN
-    statistics are made non-trivial and the class scores spread (unused COCO ids at -1e4) so
-    that random weights still give detections above the score threshold."""
-    m = cfg.model
-    if m.arch != "faster_rcnn_fpn" or m.backbone.name != "resnet50":
-        raise ValueError(
-            f"torchvision's reference is ResNet-50-FPN; the config has {m.arch} on "
-            f"{m.backbone.name} (use a config like coco_r50_fpn.yaml)"
-        )
-    torch.manual_seed(seed)
-    r, rh, i = m.rpn, m.roi_heads, m.input
-    tv = fasterrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=91,
+def torchvision_frcnn_kwargs(cfg: Config) -> dict[str, object]:
+    """The arguments of torchvision's ``FasterRCNN`` that ``cfg`` sets: test sizes,
+    normalization, RPN top-k, thresholds and sampling, RoI-head sampling, box weights,
+    score/NMS/detections."""
+    r, rh, i = cfg.model.rpn, cfg.model.roi_heads, cfg.model.input
+    return dict(
         min_size=i.min_size_test,
         max_size=i.max_size_test,
         image_mean=list(i.pixel_mean),
@@ -57,6 +44,24 @@ def build_torchvision_frcnn(cfg: Config, *, seed: int = 0, randomize: bool = Tru
         box_positive_fraction=rh.positive_fraction,
         bbox_reg_weights=tuple(rh.bbox_reg_weights),
     )
+
+
+def build_torchvision_frcnn(cfg: Config, *, seed: int = 0, randomize: bool = True) -> nn.Module:
+    """torchvision's ``fasterrcnn_resnet50_fpn`` (91 COCO classes) set up like ``cfg``
+    (test and train sizes, RPN top-k and thresholds, sampling, score/NMS/detections) and like
+    its COCO_V1 release: ``FrozenBatchNorm2d`` with eps 0, stem and res2 frozen
+    (``trainable_backbone_layers=3``). Weights are random; with ``randomize`` the BN
+    statistics are made non-trivial and the class scores spread (unused COCO ids at -1e4) so
+    that random weights still give detections above the score threshold."""
+    m = cfg.model
+    if m.arch != "faster_rcnn_fpn" or m.backbone.name != "resnet50":
+        raise ValueError(
+            f"torchvision's reference is ResNet-50-FPN; the config has {m.arch} on "
+            f"{m.backbone.name} (use a config like coco_r50_fpn.yaml)"
+        )
+    torch.manual_seed(seed)
+    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
+                                 **torchvision_frcnn_kwargs(cfg))
     body = tv.backbone.body
     if randomize:
         g = torch.Generator().manual_seed(seed + 1)
