@@ -13,15 +13,17 @@ random trunk with frozen unit statistics does not train), copied into detres's m
 weights converter. Both see the same batches (the demo loader, same seed) as the same
 normalized tensors.
 
-Runs: detres and torchvision each with two sampling seeds (the RPN's and RoI head's random
-choice of anchors and RoIs; the batches are the same), fp32. Printed: the loss terms averaged
-over windows of 50 iterations for each run, the gap between detres and torchvision beside the
-gap between a library's two seeds (the run-to-run noise), and the final mAP on the demo val
-split, both scored by detres's evaluator (torchvision's trained weights converted: detres's
-inference equals torchvision's on the same weights, tests/test_det_parity.py). A picture of
-the curves goes to ``--out``.
+Runs: detres and torchvision each with sampling seeds 0, 1, 2 (``--seeds``: the RPN's and RoI
+head's random choice of anchors and RoIs; the batches are the same), fp32. Printed: the total
+loss averaged over windows of 50 iterations for each run, the mean gap between two runs of
+one library (the run-to-run noise) beside the mean gap between a detres run and a torchvision
+run, and the final mAP on the demo val split, both scored by detres's evaluator
+(torchvision's trained weights converted: detres's inference equals torchvision's on the same
+weights, tests/test_det_parity.py). A picture of the curves goes to ``--out``. ``--merge``
+compares runs.json files written by separate invocations (other seeds, other machines).
 
-    python tools/dev/train_parity_long.py [--iters 300] [--out output/train_parity_long]
+    python tools/dev/train_parity_long.py [--iters 300] [--seeds 0 1 2] [--out DIR]
+    python tools/dev/train_parity_long.py --merge A/runs.json B/runs.json --out DIR
 """
 
 from __future__ import annotations
@@ -202,40 +204,66 @@ def windows(log: list[dict], width: int = 50) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="output/train_parity_long")
+    ap.add_argument("--merge", nargs="+", metavar="RUNS_JSON", default=[],
+                    help="no training: compare the runs of these runs.json files together")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(cpu_line())
-    cfg = recipe(args.iters)
-    torch.manual_seed(0)
-    tv0 = torchvision_model(cfg)
-    start = calibrate(cfg, tv0, build_detector(cfg).normalize)
     runs, scores = {}, {}
-    for kind in ("detres", "torchvision"):
-        for seed in (0, 1):
-            log, model = train(cfg, kind, start, seed, args.iters)
-            runs[f"{kind} seed {seed}"] = log
-            m = _score_on_test_set(model.eval(), cfg, torch.device("cpu"), None, "none", False)
-            scores[f"{kind} seed {seed}"] = {k: m[k] for k in ("mAP@.5", "mAP@[.5,.95]")}
-            print(f"{kind} seed {seed}: {scores[f'{kind} seed {seed}']}", flush=True)
-    (out / "runs.json").write_text(json.dumps({"cpu": cpu_line(), "runs": runs,
-                                               "scores": scores}))
-    w = {k: windows(v) for k, v in runs.items()}
-    print(f"\n{cpu_line()}\ntotal loss, mean over windows of 50 iterations:")
+    for path in args.merge:
+        data = json.loads(Path(path).read_text())
+        runs.update(data["runs"])
+        scores.update(data["scores"])
+    if not args.merge:
+        cfg = recipe(args.iters)
+        torch.manual_seed(0)
+        tv0 = torchvision_model(cfg)
+        start = calibrate(cfg, tv0, build_detector(cfg).normalize)
+        for kind in ("detres", "torchvision"):
+            for seed in args.seeds:
+                name = f"{kind} seed {seed}"
+                log, model = train(cfg, kind, start, seed, args.iters)
+                runs[name] = log
+                m = _score_on_test_set(model.eval(), cfg, torch.device("cpu"), None, "none",
+                                       False)
+                scores[name] = {k: m[k] for k in ("mAP@.5", "mAP@[.5,.95]")}
+                print(f"{name}: {scores[name]}", flush=True)
+        (out / "runs.json").write_text(json.dumps({"cpu": cpu_line(), "runs": runs,
+                                                   "scores": scores}))
+    report(runs, scores)
+    plot(runs, out / "train_parity_long.png")
+    print(f"wrote {out / 'train_parity_long.png'}")
+
+
+def report(runs: dict[str, list[dict]], scores: dict[str, dict[str, float]]) -> None:
+    """Windowed losses and mAP per run; the mean gap between two runs of one library (the
+    run-to-run noise) beside the mean gap between a detres run and a torchvision run."""
+    w = {k: windows(v) for k, v in sorted(runs.items())}
+    print(f"\n{cpu_line()}\ntotal loss, mean over windows of 50 iterations; final mAP:")
     for k, v in w.items():
-        print(f"  {k:20s} " + " ".join(f"{x:.3f}" for x in v) + f"   mAP {scores[k]}")
+        m50, m = 100 * scores[k]["mAP@.5"], 100 * scores[k]["mAP@[.5,.95]"]
+        print(f"  {k:20s} " + " ".join(f"{x:.3f}" for x in v)
+              + f"   mAP@.5 {m50:.1f}, mAP@[.5,.95] {m:.1f}")
 
     def gap(a: str, b: str) -> float:
         return sum(abs(x - y) for x, y in zip(w[a], w[b], strict=True)) / len(w[a])
 
-    noise = [gap("detres seed 0", "detres seed 1"), gap("torchvision seed 0", "torchvision seed 1")]
-    across = [gap(f"detres seed {s}", f"torchvision seed {s}") for s in (0, 1)]
-    print(f"mean |difference| of the windowed total loss: between seeds (noise) detres "
-          f"{noise[0]:.4f}, torchvision {noise[1]:.4f}; detres vs torchvision, same seed "
-          f"{across[0]:.4f}, {across[1]:.4f}")
-    plot(runs, out / "train_parity_long.png")
-    print(f"wrote {out / 'runs.json'} and {out / 'train_parity_long.png'}")
+    names = sorted(w)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    same = [gap(a, b) for a, b in pairs if a.split()[0] == b.split()[0]]
+    cross = [gap(a, b) for a, b in pairs if a.split()[0] != b.split()[0]]
+    print(f"mean |difference| of the windowed total loss between two runs: same library "
+          f"{sum(same) / len(same):.4f} (max {max(same):.4f}, {len(same)} pairs), detres vs "
+          f"torchvision {sum(cross) / len(cross):.4f} (max {max(cross):.4f}, {len(cross)} pairs)")
+    for kind in ("detres", "torchvision"):
+        for metric in ("mAP@.5", "mAP@[.5,.95]"):
+            v = [100 * scores[k][metric] for k in names if k.startswith(kind)]
+            mean = sum(v) / len(v)
+            sd = (sum((x - mean) ** 2 for x in v) / max(1, len(v) - 1)) ** 0.5
+            print(f"  {kind:12s} {metric:13s} mean {mean:.1f}, sd {sd:.1f} over {len(v)} runs")
 
 
 def plot(runs: dict[str, list[dict]], path: Path) -> None:
@@ -256,8 +284,9 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
             ax.set_title(term)
             ax.set_xlabel("iteration")
     axes[0].legend(fontsize=8)
+    seeds = len({name.split(" seed ")[1] for name in runs})
     fig.suptitle("coco_r50_fpn modules at the demo's width: detres (solid) and torchvision "
-                 "(dashed), two sampling seeds each; 20-iteration running mean")
+                 f"(dashed), {seeds} sampling seeds each (colours); 20-iteration running mean")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
