@@ -255,9 +255,13 @@ def report(runs: dict[str, list[dict]], scores: dict[str, dict[str, float]]) -> 
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     same = [gap(a, b) for a, b in pairs if a.split()[0] == b.split()[0]]
     cross = [gap(a, b) for a, b in pairs if a.split()[0] != b.split()[0]]
+    def summary(gaps: list[float]) -> str:
+        if not gaps:
+            return "- (needs two runs)"
+        return f"{sum(gaps) / len(gaps):.4f} (max {max(gaps):.4f}, {len(gaps)} pairs)"
+
     print(f"mean |difference| of the windowed total loss between two runs: same library "
-          f"{sum(same) / len(same):.4f} (max {max(same):.4f}, {len(same)} pairs), detres vs "
-          f"torchvision {sum(cross) / len(cross):.4f} (max {max(cross):.4f}, {len(cross)} pairs)")
+          f"{summary(same)}, detres vs torchvision {summary(cross)}")
     for kind in ("detres", "torchvision"):
         for metric in ("mAP@.5", "mAP@[.5,.95]"):
             v = [100 * scores[k][metric] for k in names if k.startswith(kind)]
