@@ -283,6 +283,82 @@ class D2Goldens:
         return (torch.tensor(entry["boxes"]), torch.tensor(entry["scores"]),
                 ids[torch.tensor(entry["classes"])])
 
+    def train_step(self) -> dict[str, np.ndarray]:
+        """``train_step.npz``: the batch, Detectron2's loss terms and gradients (float32,
+        ``f64/`` and ``bf16/`` entries)."""
+        if not hasattr(self, "_train_step"):
+            with np.load(self.gold / "train_step.npz") as z:
+                self._train_step = {k: z[k] for k in z.files}
+        return self._train_step
+
+    def train_batch(self) -> tuple[torch.Tensor, list[dict]]:
+        """The golden batch in the loader's form: RGB in [0, 1], padded; 1-based classes."""
+        z = self.train_step()
+        n = sum(1 for k in z if k.endswith("/image"))
+        raw = [z[f"input/{i}/image"] for i in range(n)]
+        h, w = max(r.shape[0] for r in raw), max(r.shape[1] for r in raw)
+        images = torch.zeros(n, 3, h, w)
+        targets = []
+        for i, bgr in enumerate(raw):
+            images[i, :, :bgr.shape[0], :bgr.shape[1]] = torch.from_numpy(
+                bgr[..., ::-1].copy()).permute(2, 0, 1).float() / 255
+            targets.append({"gt_boxes": torch.from_numpy(z[f"input/{i}/boxes"]),
+                            "gt_classes": torch.from_numpy(z[f"input/{i}/classes"]) + 1,
+                            "image_size": bgr.shape[:2]})
+        return images, targets
+
+    def train(self, name: str, *, fast: bool, dtype: torch.dtype, amp: str = "none",
+              hook: Callable[[FasterRCNN], object] | None = None
+              ) -> tuple[dict[str, float], dict[str, torch.Tensor], FasterRCNN]:
+        """detres's step on the golden batch and weights, every candidate sampled (sampler
+        sizes of 10**6, as the goldens): loss terms, float64 gradients, the model (``hook``
+        sees it before the step)."""
+        from detres.modeling import load_weights
+        from detres.modeling.fastpath import reference_ops
+        from detres.modeling.weights import weights_from_dict
+        from detres.modeling.weights.zoo import detectron2_checkpoint
+        from detres.utils.device import autocast_context
+
+        everything = 10**6
+        cfg = load_config(self.configs[name], [
+            *self.small, f"model.rpn.batch_size_per_image={everything}",
+            f"model.roi_heads.batch_size_per_image={everything}"])
+        model = build_detector(cfg)
+        load_weights(model, weights_from_dict(detectron2_checkpoint(self.gold / f"{name}.pkl",
+                                                                    cfg), source=name),
+                     policy="strict")
+        model.to(dtype).train()
+        if hook is not None:
+            hook(model)
+        images, targets = self.train_batch()
+        with reference_ops(not fast), autocast_context(torch.device("cpu"), amp):
+            losses = model.losses(images.to(dtype), targets)
+        sum(losses.values()).backward()
+        grads = {k: p.grad.detach().double() for k, p in model.named_parameters()
+                 if p.grad is not None}
+        return {k: float(v.detach()) for k, v in losses.items()}, grads, model
+
+    def train_grads(self, name: str, tag: str, model: FasterRCNN) -> dict[str, torch.Tensor]:
+        """Detectron2's gradients (``tag``: "", "f64/" or "bf16/") under detres's names: the
+        weights converter's own map, run on a full Detectron2 state (the .pkl's names) holding
+        the gradients; only the parameters that have one on both sides."""
+        from detres.modeling.weights.zoo import detectron2_to_detres, read_zoo_file
+
+        z = self.train_step()
+        prefix = f"{name}/{tag}grad/"
+        full = {k: torch.zeros_like(v, dtype=torch.float64)
+                for k, v in read_zoo_file(self.gold / f"{name}.pkl").items()}
+        mask = dict(full)
+        for k in z:
+            if k.startswith(prefix):
+                full[k[len(prefix):]] = torch.from_numpy(z[k]).double()
+                mask[k[len(prefix):]] = torch.ones_like(full[k[len(prefix):]])
+        theirs = detectron2_to_detres(full, model)
+        has = {k for k, v in detectron2_to_detres(mask, model).items() if bool(v.all())}
+        mine = {k for k, p in model.named_parameters() if p.grad is not None}
+        assert mine == has, sorted(mine ^ has)[:8]
+        return {k: theirs[k] for k in mine}
+
     @staticmethod
     def matched(ref: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                 det: dict[str, torch.Tensor]) -> float:

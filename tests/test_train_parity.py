@@ -13,9 +13,6 @@ sampled sets are then the same, whatever order each side draws them in.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -24,12 +21,9 @@ from torchvision.models.detection.image_list import ImageList
 from detres.benchmark.reference import torchvision_reference
 from detres.config import load_config
 from detres.engine.schedule import build_optimizer
-from detres.modeling import build_detector, load_weights
-from detres.modeling.fastpath import reference_ops
+from detres.modeling import build_detector
 from detres.modeling.rpn import RPNOutput
-from detres.modeling.weights import weights_from_dict
 from detres.modeling.weights.torchvision import coco_layout, convert_torchvision_frcnn
-from detres.modeling.weights.zoo import detectron2_checkpoint, detectron2_to_detres, read_zoo_file
 from detres.utils.device import autocast_context, resolve_amp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -194,68 +188,8 @@ def test_bf16_training_step_is_as_close_to_torchvision_as_its_own(step: dict,
 
 # ------------------------------------------------------------------------------ Detectron2
 
-GOLD = Path(__file__).parent / "goldens" / "detectron2"
 D2_TERMS = {"loss_rpn_cls": "loss_rpn_cls", "loss_rpn_box": "loss_rpn_loc",
             "loss_cls": "loss_cls", "loss_box": "loss_box_reg"}
-
-
-@pytest.fixture(scope="module")
-def d2_step() -> dict:
-    with np.load(GOLD / "train_step.npz") as z:
-        return {k: z[k] for k in z.files}
-
-
-def d2_batch(z: dict) -> tuple[torch.Tensor, list[dict]]:
-    """The golden batch in the loader's form: RGB in [0, 1], padded; 1-based classes."""
-    n = sum(1 for k in z if k.endswith("/image"))
-    raw = [z[f"input/{i}/image"] for i in range(n)]
-    h, w = max(r.shape[0] for r in raw), max(r.shape[1] for r in raw)
-    images = torch.zeros(n, 3, h, w)
-    targets = []
-    for i, bgr in enumerate(raw):
-        images[i, :, :bgr.shape[0], :bgr.shape[1]] = torch.from_numpy(
-            bgr[..., ::-1].copy()).permute(2, 0, 1).float() / 255
-        targets.append({"gt_boxes": torch.from_numpy(z[f"input/{i}/boxes"]),
-                        "gt_classes": torch.from_numpy(z[f"input/{i}/classes"]) + 1,
-                        "image_size": bgr.shape[:2]})
-    return images, targets
-
-
-def d2_run(d2: object, z: dict, name: str, *, fast: bool, dtype: torch.dtype,
-           amp: str = "none") -> tuple[dict[str, float], dict[str, torch.Tensor], nn.Module]:
-    """detres's step on the golden batch and weights: loss terms, gradients, the model."""
-    cfg = load_config(d2.configs[name], [*d2.small, f"model.rpn.batch_size_per_image={ALL}",
-                                         f"model.roi_heads.batch_size_per_image={ALL}"])
-    ours = build_detector(cfg)
-    load_weights(ours, weights_from_dict(detectron2_checkpoint(GOLD / f"{name}.pkl", cfg),
-                                         source=name), policy="strict")
-    ours.to(dtype).train()
-    images, targets = d2_batch(z)
-    with reference_ops(not fast), autocast_context(torch.device("cpu"), amp):
-        losses = ours.losses(images.to(dtype), targets)
-    sum(losses.values()).backward()
-    grads = {k: p.grad.detach().double() for k, p in ours.named_parameters()
-             if p.grad is not None}
-    return {k: float(v.detach()) for k, v in losses.items()}, grads, ours
-
-
-def d2_grads(z: dict, name: str, tag: str, ours: nn.Module) -> dict[str, torch.Tensor]:
-    """Detectron2's gradients (``tag``: "", "f64/" or "bf16/") under detres's names: the
-    weights converter's own map, run on a full Detectron2 state (the .pkl's names) holding the
-    gradients; only the parameters that have one on both sides."""
-    prefix = f"{name}/{tag}grad/"
-    full = {k: torch.zeros_like(v, dtype=torch.float64)
-            for k, v in read_zoo_file(GOLD / f"{name}.pkl").items()}
-    mask = dict(full)
-    for k in z:
-        if k.startswith(prefix):
-            full[k[len(prefix):]] = torch.from_numpy(z[k]).double()
-            mask[k[len(prefix):]] = torch.ones_like(full[k[len(prefix):]])
-    theirs = detectron2_to_detres(full, ours)
-    has = {k for k, v in detectron2_to_detres(mask, ours).items() if bool(v.all())}
-    mine = {k for k, p in ours.named_parameters() if p.grad is not None}
-    assert mine == has, sorted(mine ^ has)[:8]
-    return {k: theirs[k] for k in mine}
 
 
 HEADS = ("rpn.", "roi_heads.")  # C4: the RPN on res4, res5 run on the RoIs, the predictor
@@ -265,7 +199,7 @@ HEADS = ("rpn.", "roi_heads.")  # C4: the RPN on res4, res5 run on the RoIs, the
 @pytest.mark.parametrize("fast", [False, True], ids=["reference_ops", "fast_ops"])
 @pytest.mark.parametrize("name", ["r50_fpn", "r101_c4"])
 def test_training_step_equals_detectron2(name: str, fast: bool, precision: str,
-                                         d2_step: dict, d2: object) -> None:
+                                         d2: object) -> None:
     """coco_r50_fpn_3x.yaml and coco_r101_c4_3x.yaml (model.rules: detectron2) against
     Detectron2's faster_rcnn_R_50_FPN_3x and _R_101_C4_3x run from source on the same
     weights and batch (goldens by tools/dev/d2_goldens.py --only train), each side in float64
@@ -282,13 +216,14 @@ def test_training_step_equals_detectron2(name: str, fast: bool, precision: str,
     (docs/configs.md): float64 R50-FPN and the C4 heads within 1e-3 (7e-7 and 6e-5); the rest
     within 3e-2."""
     dtype = getattr(torch, precision)
-    losses, mine, ours = d2_run(d2, d2_step, name, fast=fast, dtype=dtype)
+    losses, mine, ours = d2.train(name, fast=fast, dtype=dtype)
+    d2_step = d2.train_step()
     tag = "f64/" if dtype == torch.float64 else ""
     for k, theirs_k in D2_TERMS.items():
         a, b = losses[k], float(d2_step[f"{name}/{tag}loss/{theirs_k}"])
         print(f"{name} {precision} {k}: {a:.8g} vs Detectron2 {b:.8g}")
         assert abs(a - b) <= 1e-5 * abs(b), (name, k, a, b)
-    theirs = d2_grads(d2_step, name, tag, ours)
+    theirs = d2.train_grads(name, tag, ours)
     err = {k: rel(mine[k], theirs[k]) for k in mine}
     worst = max(err, key=err.__getitem__)
     exact = name == "r50_fpn" and dtype == torch.float64
@@ -303,18 +238,19 @@ def test_training_step_equals_detectron2(name: str, fast: bool, precision: str,
 
 
 @pytest.mark.parametrize("name", ["r50_fpn", "r101_c4"])
-def test_bf16_training_step_is_as_close_to_detectron2_as_its_own(name: str, d2_step: dict,
+def test_bf16_training_step_is_as_close_to_detectron2_as_its_own(name: str,
                                                                  d2: object) -> None:
     """Under CPU bf16 autocast (``amp: auto`` on a CPU with native bf16; DETRES_CPU_BF16=1
     elsewhere) detres's step is no further from Detectron2's float32 step than Detectron2's own
     step under the same autocast (recorded in the goldens) is: see :func:`check_bf16`."""
     if resolve_amp("auto", torch.device("cpu")) != "bf16":
         pytest.skip("amp: auto runs fp32 on this CPU (DETRES_CPU_BF16=1 runs this)")
-    losses, mine, ours = d2_run(d2, d2_step, name, fast=True, dtype=torch.float32, amp="auto")
+    losses, mine, ours = d2.train(name, fast=True, dtype=torch.float32, amp="auto")
+    d2_step = d2.train_step()
     ref = {k: float(d2_step[f"{name}/loss/{v}"]) for k, v in D2_TERMS.items()}
     ref_amp = {k: float(d2_step[f"{name}/bf16/loss/{v}"]) for k, v in D2_TERMS.items()}
     check_bf16(f"{name} vs Detectron2", losses, ref, ref_amp, mine,
-               d2_grads(d2_step, name, "", ours), d2_grads(d2_step, name, "bf16/", ours))
+               d2.train_grads(name, "", ours), d2.train_grads(name, "bf16/", ours))
 
 
 def check_bf16(what: str, losses: dict[str, float], ref: dict[str, float],
@@ -347,7 +283,7 @@ def check_bf16(what: str, losses: dict[str, float], ref: dict[str, float],
     assert err[worst] <= 1.5 * max(own.values()), (worst, err[worst])
 
 
-def test_bf16_autocast_keeps_boxes_and_losses_in_float32(d2_step: dict, d2: object) -> None:
+def test_bf16_autocast_keeps_boxes_and_losses_in_float32(d2: object) -> None:
     """Under bf16 autocast the heads run in bf16 but, as in Detectron2, the boxes do not: the
     proposals equal the float32 decoding of the same (bf16) RPN outputs, and every loss is
     float32. (torchvision decodes in the deltas' dtype: its bf16 proposals are rounded to
@@ -355,7 +291,7 @@ def test_bf16_autocast_keeps_boxes_and_losses_in_float32(d2_step: dict, d2: obje
     such a cast: it moves the loss terms and gradients less than bf16's own noise."""
     cfg = load_config(d2.configs["r50_fpn"], d2.small)
     model = build_detector(cfg).train()
-    images, targets = d2_batch(d2_step)
+    images, targets = d2.train_batch()
     sizes = [t["image_size"] for t in targets]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats = model.features(model.normalize(images, sizes))

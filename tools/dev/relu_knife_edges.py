@@ -16,34 +16,38 @@ float64 and against Detectron2's recorded float64 step.
 from __future__ import annotations
 
 import argparse
-import sys
+import importlib.util
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import test_train_parity  # noqa: E402
-from conftest import D2Goldens  # noqa: E402
-from test_train_parity import d2_batch, d2_grads, d2_run, rel  # noqa: E402
-
-from detres.utils.device import cpu_line  # noqa: E402
+from detres.utils.device import cpu_line
 
 
-def relu_inputs(model: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
-    """Hooks that record each ReLU module's input per call (``name#call``)."""
-    seen: dict[str, torch.Tensor] = {}
-    handles = []
+def d2_goldens() -> object:
+    """tests/conftest.py's ``D2Goldens`` (the goldens and the golden step), loaded from its
+    file: the tests are not a package."""
+    path = Path(__file__).resolve().parents[2] / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("detres_tests_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.D2Goldens()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def record_relu_inputs(model: nn.Module, seen: dict[str, torch.Tensor]) -> None:
+    """Hooks that put each ReLU module's input into ``seen`` per call (``name#call``)."""
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ReLU):
             def hook(m: nn.Module, inp: tuple, name: str = name) -> None:
                 calls = sum(1 for k in seen if k.startswith(name + "#"))
                 seen[f"{name}#{calls}"] = inp[0].detach().double().clone()
-            handles.append(mod.register_forward_pre_hook(hook))
-    return seen, handles
+            mod.register_forward_pre_hook(hook)
 
 
 def main() -> None:
@@ -52,32 +56,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(cpu_line())
-    d2 = D2Goldens()
-    with np.load(d2.gold / "train_step.npz") as f:
-        z = {k: f[k] for k in f.files}
+    d2 = d2_goldens()
     runs = {"float64": dict(fast=False, dtype=torch.float64),
             "float32 reference ops": dict(fast=False, dtype=torch.float32),
             "float32 fast path": dict(fast=True, dtype=torch.float32)}
     results = {}
     for label, kw in runs.items():
-        captured: dict[str, dict[str, torch.Tensor]] = {}
-        build = test_train_parity.build_detector
-
-        def hooked(cfg: object, _build=build, out=captured) -> nn.Module:  # type: ignore[no-untyped-def]
-            model = _build(cfg)
-            out["seen"], _ = relu_inputs(model)
-            return model
-
-        test_train_parity.build_detector = hooked
-        try:
-            losses, grads, model = d2_run(d2, z, args.model, **kw)
-        finally:
-            test_train_parity.build_detector = build
-        results[label] = (losses, grads, model, captured["seen"])
+        seen: dict[str, torch.Tensor] = {}
+        losses, grads, model = d2.train(  # type: ignore[attr-defined]
+            args.model, hook=lambda m, seen=seen: record_relu_inputs(m, seen), **kw)
+        results[label] = (losses, grads, model, seen)
     exact_losses, exact, model, exact_in = results["float64"]
-    theirs = d2_grads(z, args.model, "f64/", model)
+    theirs = d2.train_grads(args.model, "f64/", model)  # type: ignore[attr-defined]
     print(f"{args.model}: {len(exact_in)} ReLU calls, "
-          f"{sum(v.numel() for v in exact_in.values()):,} inputs; batch {d2_batch(z)[0].shape}")
+          f"{sum(v.numel() for v in exact_in.values()):,} inputs")
     for label, (_, grads, _, seen) in results.items():
         err = {k: rel(grads[k], exact[k]) for k in grads}
         err_d2 = {k: rel(grads[k], theirs[k]) for k in grads}

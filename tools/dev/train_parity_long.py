@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,18 +44,15 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.resnet import Bottleneck, ResNet
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from detres.benchmark.reference import torchvision_frcnn_kwargs  # noqa: E402
-from detres.config import Config, load_config  # noqa: E402
-from detres.data.det_loader import build_det_train_loader  # noqa: E402
-from detres.engine.det import _score_on_test_set  # noqa: E402
-from detres.engine.schedule import LRSchedule, build_optimizer  # noqa: E402
-from detres.modeling import build_detector  # noqa: E402
-from detres.modeling.backbones.base import convert_frozen_batchnorm  # noqa: E402
-from detres.modeling.weights.torchvision import convert_torchvision_frcnn  # noqa: E402
-from detres.utils.device import cpu_line  # noqa: E402
+from detres.benchmark.reference import torchvision_frcnn_kwargs
+from detres.config import Config, load_config
+from detres.data.det_loader import build_det_train_loader
+from detres.engine.det import _score_on_test_set
+from detres.engine.schedule import LRSchedule, build_optimizer
+from detres.modeling import build_detector
+from detres.modeling.backbones.base import convert_frozen_batchnorm
+from detres.modeling.weights.torchvision import convert_torchvision_frcnn
+from detres.utils.device import cpu_line
 
 TERMS = {"loss_rpn_cls": "loss_objectness", "loss_rpn_box": "loss_rpn_box_reg",
          "loss_cls": "loss_classifier", "loss_box": "loss_box_reg"}
